@@ -1,0 +1,149 @@
+//! The one error type of the HTTP API, and the JSON it becomes.
+//!
+//! Every error answers `{error, details: [{path, message}]}`. Internal errors are logged
+//! with their cause and answered with a generic message: details never leak to clients.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// One problem with the input: where (`path`, a JSON pointer-like path or a parameter
+/// name) and what.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {message}")]
+    BadRequest {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    /// PostgreSQL is unreachable or the pool is exhausted: retryable, so 503.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error(transparent)]
+    Database(sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => ApiError::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                ApiError::Unavailable(e)
+            }
+            e => ApiError::Database(e),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub details: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(path, message)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let (error, details) = match self {
+            ApiError::BadRequest { message, details } => (message.clone(), details.clone()),
+            ApiError::Validation(details) => ("validation failed".to_owned(), details.clone()),
+            ApiError::Unauthorized(why) => (format!("unauthorized: {why}"), Vec::new()),
+            ApiError::NotFound => ("not found".to_owned(), Vec::new()),
+            ApiError::MethodNotAllowed => ("method not allowed".to_owned(), Vec::new()),
+            ApiError::Conflict(why) => (why.clone(), Vec::new()),
+            ApiError::PreconditionFailed(why) => (why.clone(), Vec::new()),
+            ApiError::PayloadTooLarge => ("request body exceeds 1 MiB".to_owned(), Vec::new()),
+            ApiError::UnsupportedMediaType(why) => (why.clone(), Vec::new()),
+            ApiError::Unprocessable(why) => (why.clone(), Vec::new()),
+            ApiError::Unavailable(_) => {
+                ("database unavailable, retry later".to_owned(), Vec::new())
+            }
+            ApiError::Database(_) | ApiError::Internal(_) => {
+                ("internal error".to_owned(), Vec::new())
+            }
+        };
+        ErrorBody { error, details }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

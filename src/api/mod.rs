@@ -1,0 +1,104 @@
+//! The HTTP router: the one place where every module's routes are merged and the
+//! middleware stack is applied.
+//!
+//! Each resource module exports `router()`; add a new one to [`routes`] and it inherits
+//! request ids, tracing, metrics, the body limit and JSON errors.
+
+pub mod error;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, Response};
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+pub use error::{ApiError, ApiResult, FieldError};
+
+use crate::metrics::track_requests;
+use crate::state::AppState;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Paths probed every few seconds by every load balancer and orchestrator: logged at debug
+/// only, or they would drown everything else.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/live" | "/ready" | "/health" | "/startup")
+}
+
+/// Every route of the API port, before middleware.
+fn routes() -> Router<AppState> {
+    Router::new().merge(crate::health::router())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn request_span(req: &Request) -> Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let path = req.uri().path();
+    if is_probe(path) {
+        tracing::debug_span!("request", method = %req.method(), path, request_id)
+    } else {
+        tracing::info_span!("request", method = %req.method(), path, request_id)
+    }
+}
+
+fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
+    let status = response.status().as_u16();
+    let ms = latency.as_secs_f64() * 1000.0;
+    let is_info = span
+        .metadata()
+        .is_some_and(|m| *m.level() == tracing::Level::INFO);
+    if status >= 500 {
+        tracing::error!(status, latency_ms = ms, "request failed");
+    } else if is_info {
+        tracing::info!(status, latency_ms = ms, "request served");
+    } else {
+        tracing::debug!(status, latency_ms = ms, "request served");
+    }
+}
+
+/// The API port's full application: routes, JSON fallbacks and the middleware stack.
+pub fn app(state: AppState) -> Router {
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!(
+                "handler panicked"
+            )))
+        }))
+        .layer(from_fn_with_state(state.metrics.clone(), track_requests))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    routes()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware)
+        .with_state(state)
+}

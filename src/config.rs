@@ -1,0 +1,586 @@
+//! Typed, validated settings read from the environment (and an optional `.env` file).
+//!
+//! Every variable is parsed once at start. A bad value becomes a [`ConfigError`] that names
+//! the variable and the problem, so `main` can print one line and exit non-zero instead of
+//! failing later, half-started, behind a load balancer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+/// A configuration problem: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A pair of thresholds: above `degraded` a check is degraded, above `critical` it fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub degraded: f64,
+    pub critical: f64,
+}
+
+/// The dependencies that may gate readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyRequires {
+    pub database: bool,
+    pub redis: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub instance_id: String,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub health: HealthSettings,
+    pub lifecycle: LifecycleSettings,
+    pub auth: AuthSettings,
+    pub cache: CacheSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub connect: PgConnectOptions,
+    pub pool_min: u32,
+    pub pool_max: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Full connection URL; it may embed the password, hence a secret.
+    pub url: Secret,
+    pub pool_max: usize,
+    /// Upper bound for any single Redis call made on a request path.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub check_timeout: Duration,
+    pub memory: Thresholds,
+    pub cpu: Thresholds,
+    /// Milliseconds.
+    pub database_latency: Thresholds,
+    /// Milliseconds.
+    pub redis_latency: Thresholds,
+    pub ready_requires: ReadyRequires,
+}
+
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub jwt_secret: Secret,
+    pub jwt_expires_in: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    pub key_prefix: String,
+    pub item_ttl: Duration,
+    pub query_ttl: Duration,
+}
+
+/// Where settings come from. The process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, var: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Environment;
+
+impl Source for Environment {
+    fn get(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, var: &str) -> Option<String> {
+        HashMap::get(self, var).cloned()
+    }
+}
+
+/// Reads one variable: `None` when unset or blank, an error when set but unparsable.
+fn parse<T: FromStr>(src: &dyn Source, var: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match src.get(var).map(|v| v.trim().to_owned()) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| ConfigError::new(var, format!("cannot parse {v:?}: {e}"))),
+    }
+}
+
+fn parse_or<T: FromStr>(src: &dyn Source, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    Ok(parse(src, var)?.unwrap_or(default))
+}
+
+fn string_or(src: &dyn Source, var: &str, default: &str) -> String {
+    src.get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn millis(
+    src: &dyn Source,
+    var: &'static str,
+    default: u64,
+    min: u64,
+) -> Result<Duration, ConfigError> {
+    let ms: u64 = parse_or(src, var, default)?;
+    if ms < min {
+        return Err(ConfigError::new(
+            var,
+            format!("must be at least {min} ms, got {ms}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn port(src: &dyn Source, var: &'static str, default: u16) -> Result<u16, ConfigError> {
+    // Port 0 asks the OS for a free port: tests rely on it.
+    parse_or(src, var, default)
+}
+
+fn thresholds(
+    src: &dyn Source,
+    degraded_var: &'static str,
+    critical_var: &'static str,
+    defaults: (f64, f64),
+) -> Result<Thresholds, ConfigError> {
+    let degraded: f64 = parse_or(src, degraded_var, defaults.0)?;
+    let critical: f64 = parse_or(src, critical_var, defaults.1)?;
+    for (var, value) in [(degraded_var, degraded), (critical_var, critical)] {
+        if !value.is_finite() || value <= 0.0 {
+            return Err(ConfigError::new(
+                var,
+                format!("must be a positive number, got {value}"),
+            ));
+        }
+    }
+    if degraded > critical {
+        return Err(ConfigError::new(
+            degraded_var,
+            format!("must not exceed {critical_var} ({degraded} > {critical})"),
+        ));
+    }
+    Ok(Thresholds { degraded, critical })
+}
+
+fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
+    let connect = match src.get("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
+        Some(url) => PgConnectOptions::from_str(url.trim())
+            .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?,
+        None => {
+            let mut opts = PgConnectOptions::new_without_pgpass()
+                .host(&string_or(src, "POSTGRES_HOST", "localhost"))
+                .port(parse_or(src, "POSTGRES_PORT", 5432)?)
+                .database(&string_or(src, "POSTGRES_DB", "cartae"))
+                .username(&string_or(src, "POSTGRES_USER", "postgres"));
+            if let Some(password) = src.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
+                opts = opts.password(&password);
+            }
+            opts
+        }
+    }
+    .application_name("cartae-database-api");
+    let pool_min: u32 = parse_or(src, "POSTGRES_POOL_MIN", 2)?;
+    let pool_max: u32 = parse_or(src, "POSTGRES_POOL_MAX", 10)?;
+    if pool_max == 0 {
+        return Err(ConfigError::new("POSTGRES_POOL_MAX", "must be at least 1"));
+    }
+    if pool_min > pool_max {
+        return Err(ConfigError::new(
+            "POSTGRES_POOL_MIN",
+            format!("must not exceed POSTGRES_POOL_MAX ({pool_min} > {pool_max})"),
+        ));
+    }
+    Ok(DatabaseSettings {
+        connect,
+        pool_min,
+        pool_max,
+    })
+}
+
+fn redis(src: &dyn Source) -> Result<RedisSettings, ConfigError> {
+    let url = match src.get("REDIS_URL").filter(|v| !v.trim().is_empty()) {
+        Some(url) => {
+            let url = url.trim().to_owned();
+            redis::parse_redis_url(&url)
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+                .ok_or_else(|| ConfigError::new("REDIS_URL", "not a redis:// URL"))?;
+            url
+        }
+        None => {
+            let host = string_or(src, "REDIS_HOST", "localhost");
+            let port: u16 = parse_or(src, "REDIS_PORT", 6379)?;
+            let db: u8 = parse_or(src, "REDIS_DB", 0)?;
+            if db > 15 {
+                return Err(ConfigError::new(
+                    "REDIS_DB",
+                    format!("must be 0 to 15, got {db}"),
+                ));
+            }
+            match src.get("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
+                Some(pw) => format!("redis://:{}@{host}:{port}/{db}", percent_encode(&pw)),
+                None => format!("redis://{host}:{port}/{db}"),
+            }
+        }
+    };
+    let pool_max: usize = parse_or(src, "REDIS_POOL_MAX", 16)?;
+    if pool_max == 0 {
+        return Err(ConfigError::new("REDIS_POOL_MAX", "must be at least 1"));
+    }
+    Ok(RedisSettings {
+        url: Secret::new(url),
+        pool_max,
+        timeout: millis(src, "REDIS_TIMEOUT_MS", 250, 1)?,
+    })
+}
+
+/// Passwords may hold any byte; the URL form needs them escaped.
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn ready_requires(src: &dyn Source) -> Result<ReadyRequires, ConfigError> {
+    let raw = string_or(src, "READY_REQUIRES", "database");
+    let mut requires = ReadyRequires {
+        database: false,
+        redis: false,
+    };
+    for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "database" => requires.database = true,
+            "redis" => requires.redis = true,
+            "none" => {}
+            other => return Err(ConfigError::new(
+                "READY_REQUIRES",
+                format!(
+                    "unknown dependency {other:?}; expected a list of database, redis (or none)"
+                ),
+            )),
+        }
+    }
+    Ok(requires)
+}
+
+fn default_instance_id() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "cartae-api".to_owned())
+}
+
+impl Settings {
+    /// Reads and validates every setting from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let host = parse_or(src, "HOST", IpAddr::from([0, 0, 0, 0]))?;
+        let port = port(src, "PORT", 3001)?;
+        let metrics_port = port_checked_apart(src, port)?;
+        let log_format = match string_or(src, "LOG_FORMAT", "json")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ))
+            }
+        };
+        let log_level = string_or(src, "LOG_LEVEL", "info");
+        tracing_subscriber::EnvFilter::try_new(&log_level)
+            .map_err(|e| ConfigError::new("LOG_LEVEL", format!("not a level or filter: {e}")))?;
+        let instance_id = string_or(src, "INSTANCE_ID", &default_instance_id());
+
+        let health = HealthSettings {
+            interval: millis(src, "HEALTH_CHECK_INTERVAL_MS", 5_000, 50)?,
+            check_timeout: millis(src, "HEALTH_CHECK_TIMEOUT_MS", 2_000, 10)?,
+            memory: thresholds(
+                src,
+                "MEMORY_DEGRADED_PERCENT",
+                "MEMORY_CRITICAL_PERCENT",
+                (85.0, 95.0),
+            )?,
+            cpu: thresholds(
+                src,
+                "CPU_DEGRADED_PERCENT",
+                "CPU_CRITICAL_PERCENT",
+                (80.0, 95.0),
+            )?,
+            database_latency: thresholds(
+                src,
+                "DB_LATENCY_DEGRADED_MS",
+                "DB_LATENCY_CRITICAL_MS",
+                (100.0, 500.0),
+            )?,
+            redis_latency: thresholds(
+                src,
+                "REDIS_LATENCY_DEGRADED_MS",
+                "REDIS_LATENCY_CRITICAL_MS",
+                (50.0, 200.0),
+            )?,
+            ready_requires: ready_requires(src)?,
+        };
+        if health.check_timeout > health.interval {
+            return Err(ConfigError::new(
+                "HEALTH_CHECK_TIMEOUT_MS",
+                "must not exceed HEALTH_CHECK_INTERVAL_MS, or checks would pile up",
+            ));
+        }
+
+        let jwt_secret = src.get("JWT_SECRET").unwrap_or_default();
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "JWT_SECRET",
+                "must be set to at least 32 characters (try: openssl rand -base64 48)",
+            ));
+        }
+        let jwt_expires_in: u64 = parse_or(src, "JWT_EXPIRES_IN", 3600)?;
+        if jwt_expires_in == 0 {
+            return Err(ConfigError::new(
+                "JWT_EXPIRES_IN",
+                "must be a positive number of seconds",
+            ));
+        }
+
+        Ok(Self {
+            host,
+            port,
+            metrics_port,
+            instance_id,
+            database: database(src)?,
+            redis: redis(src)?,
+            log_level,
+            log_format,
+            health,
+            lifecycle: LifecycleSettings {
+                drain_delay: millis(src, "DRAIN_DELAY_MS", 15_000, 0)?,
+                shutdown_timeout: millis(src, "SHUTDOWN_TIMEOUT_MS", 10_000, 0)?,
+            },
+            auth: AuthSettings {
+                jwt_secret: Secret::new(jwt_secret),
+                jwt_expires_in: Duration::from_secs(jwt_expires_in),
+            },
+            cache: CacheSettings {
+                key_prefix: string_or(src, "CACHE_KEY_PREFIX", "cartae:"),
+                item_ttl: millis(src, "CACHE_ITEM_TTL_MS", 300_000, 1)?,
+                query_ttl: millis(src, "CACHE_QUERY_TTL_MS", 30_000, 1)?,
+            },
+        })
+    }
+}
+
+fn port_checked_apart(src: &dyn Source, api_port: u16) -> Result<u16, ConfigError> {
+    let metrics_port = port(src, "METRICS_PORT", 9090)?;
+    if metrics_port != 0 && metrics_port == api_port {
+        return Err(ConfigError::new(
+            "METRICS_PORT",
+            format!("must differ from PORT ({api_port})"),
+        ));
+    }
+    Ok(metrics_port)
+}
+
+/// Reads only `PORT`, for the `healthcheck` subcommand: a probe must not fail because an
+/// unrelated variable (say, a secret) is absent from the probe's environment.
+pub fn api_port_from_env() -> Result<u16, ConfigError> {
+    port(&Environment, "PORT", 3001)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = [("JWT_SECRET", "0123456789abcdef0123456789abcdef")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        map
+    }
+
+    fn error_var(pairs: &[(&str, &str)]) -> &'static str {
+        Settings::from_source(&env(pairs)).unwrap_err().var
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let s = Settings::from_source(&env(&[])).unwrap();
+        assert_eq!((s.port, s.metrics_port), (3001, 9090));
+        assert_eq!((s.database.pool_min, s.database.pool_max), (2, 10));
+        assert_eq!(
+            s.health.memory,
+            Thresholds {
+                degraded: 85.0,
+                critical: 95.0
+            }
+        );
+        assert_eq!(
+            s.health.cpu,
+            Thresholds {
+                degraded: 80.0,
+                critical: 95.0
+            }
+        );
+        assert_eq!(
+            s.health.database_latency,
+            Thresholds {
+                degraded: 100.0,
+                critical: 500.0
+            }
+        );
+        assert_eq!(
+            s.health.redis_latency,
+            Thresholds {
+                degraded: 50.0,
+                critical: 200.0
+            }
+        );
+        assert_eq!(
+            s.health.ready_requires,
+            ReadyRequires {
+                database: true,
+                redis: false
+            }
+        );
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(error_var(&[("PORT", "http")]), "PORT");
+        assert_eq!(error_var(&[("PORT", "70000")]), "PORT");
+        assert_eq!(error_var(&[("METRICS_PORT", "3001")]), "METRICS_PORT");
+        assert_eq!(
+            error_var(&[("POSTGRES_POOL_MIN", "20")]),
+            "POSTGRES_POOL_MIN"
+        );
+        assert_eq!(
+            error_var(&[("POSTGRES_POOL_MAX", "0")]),
+            "POSTGRES_POOL_MAX"
+        );
+        assert_eq!(error_var(&[("DATABASE_URL", "mysql://x")]), "DATABASE_URL");
+        assert_eq!(error_var(&[("REDIS_URL", "http://x")]), "REDIS_URL");
+        assert_eq!(error_var(&[("REDIS_DB", "16")]), "REDIS_DB");
+        assert_eq!(error_var(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT");
+        assert_eq!(error_var(&[("LOG_LEVEL", "loud[")]), "LOG_LEVEL");
+        assert_eq!(
+            error_var(&[("MEMORY_DEGRADED_PERCENT", "99")]),
+            "MEMORY_DEGRADED_PERCENT"
+        );
+        assert_eq!(
+            error_var(&[("CPU_CRITICAL_PERCENT", "-1")]),
+            "CPU_CRITICAL_PERCENT"
+        );
+        assert_eq!(
+            error_var(&[("READY_REQUIRES", "database,kafka")]),
+            "READY_REQUIRES"
+        );
+        assert_eq!(
+            error_var(&[("HEALTH_CHECK_TIMEOUT_MS", "9000")]),
+            "HEALTH_CHECK_TIMEOUT_MS"
+        );
+        assert_eq!(error_var(&[("JWT_SECRET", "short")]), "JWT_SECRET");
+        assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
+    }
+
+    #[test]
+    fn split_variables_build_connection_settings() {
+        let s = Settings::from_source(&env(&[
+            ("POSTGRES_HOST", "db"),
+            ("POSTGRES_PORT", "6543"),
+            ("POSTGRES_DB", "cartae"),
+            ("REDIS_HOST", "cache"),
+            ("REDIS_PASSWORD", "p@ss word"),
+            ("REDIS_DB", "3"),
+            ("READY_REQUIRES", "database, redis"),
+        ]))
+        .unwrap();
+        assert_eq!(s.database.connect.get_host(), "db");
+        assert_eq!(s.database.connect.get_port(), 6543);
+        assert_eq!(s.redis.url.expose(), "redis://:p%40ss%20word@cache:6379/3");
+        assert!(format!("{s:?}").contains("[redacted]"));
+        assert!(!format!("{s:?}").contains("p%40ss"));
+        assert_eq!(
+            s.health.ready_requires,
+            ReadyRequires {
+                database: true,
+                redis: true
+            }
+        );
+    }
+}

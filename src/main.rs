@@ -1,0 +1,139 @@
+//! The command line: `serve` (default), `migrate`, `healthcheck`. Everything else lives in
+//! the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cartae_database_api::config::{api_port_from_env, Settings};
+use cartae_database_api::db::Database;
+use cartae_database_api::lifecycle::install_signal_handlers;
+use cartae_database_api::metrics::Metrics;
+use cartae_database_api::startup::{Application, Stopped};
+use cartae_database_api::{health, telemetry};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cartae-database-api", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API (the default).
+    Serve,
+    /// Apply the database migrations, then exit.
+    Migrate,
+    /// Exit 0 if the local replica's /ready answers 200, 1 otherwise (for Docker HEALTHCHECK).
+    Healthcheck,
+}
+
+/// Exit code for a configuration error (EX_CONFIG in sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = dotenvy::dotenv() {
+        if !e.not_found() {
+            eprintln!("cartae-database-api: invalid configuration: .env: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cartae-database-api: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck => runtime.block_on(healthcheck()),
+        Command::Migrate => with_settings(|s| runtime.block_on(migrate(s))),
+        Command::Serve => with_settings(|s| runtime.block_on(serve(s))),
+    }
+}
+
+fn with_settings(run: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
+    match Settings::from_env() {
+        Ok(settings) => {
+            telemetry::init(&settings.log_level, settings.log_format);
+            run(settings)
+        }
+        Err(e) => {
+            eprintln!("cartae-database-api: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    // Before binding: a SIGTERM during start-up must drain, not kill.
+    let signals = match install_signal_handlers() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("cartae-database-api: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("cartae-database-api: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        port = app.port(),
+        metrics_port = app.metrics_port(),
+        "listening"
+    );
+    match app.run_until_stopped(signals).await {
+        Ok(Stopped::Gracefully) => ExitCode::SUCCESS,
+        // A second signal: exit now, skipping destructors that might wait on I/O.
+        Ok(Stopped::Forced) => std::process::exit(130),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(settings: Settings) -> ExitCode {
+    let metrics = std::sync::Arc::new(Metrics::new(&settings.instance_id));
+    let db = Database::connect_lazy(&settings.database, metrics);
+    match db.migrate().await {
+        Ok(()) => {
+            tracing::info!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cartae-database-api: migrations failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn healthcheck() -> ExitCode {
+    let port = match api_port_from_env() {
+        Ok(port) => port,
+        Err(e) => {
+            eprintln!("cartae-database-api: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match health::client::is_ready(port, Duration::from_secs(3)).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("not ready");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("not ready: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

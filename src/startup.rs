@@ -1,0 +1,211 @@
+//! Building and running one replica: bind, start the background tasks, serve, drain, stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::db::Database;
+use crate::health::Monitor;
+use crate::lifecycle::{Lifecycle, Phase, StopSignal};
+use crate::metrics::{serve_metrics, Metrics};
+use crate::state::AppState;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Drained, finished in-flight requests, closed the pools.
+    Gracefully,
+    /// A second signal arrived: the caller should exit at once.
+    Forced,
+}
+
+/// A bound, not yet serving, replica.
+pub struct Application {
+    api_listener: TcpListener,
+    metrics_listener: TcpListener,
+    state: AppState,
+    monitor: Monitor,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} port on {addr}"))
+}
+
+impl Application {
+    /// Binds both ports and builds the shared state. Pools connect lazily, so this succeeds
+    /// while PostgreSQL or Redis are still down; the replica then reports `starting`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let api_listener = bind(SocketAddr::new(settings.host, settings.port), "API").await?;
+        let metrics_listener = bind(
+            SocketAddr::new(settings.host, settings.metrics_port),
+            "metrics",
+        )
+        .await?;
+        let metrics = Arc::new(Metrics::new(&settings.instance_id));
+        let db = Database::connect_lazy(&settings.database, metrics.clone());
+        let cache = Cache::new(&settings.redis, &settings.cache.key_prefix, metrics.clone())?;
+        let (monitor, health) = Monitor::new(
+            db.clone(),
+            cache.clone(),
+            metrics.clone(),
+            settings.health.clone(),
+        );
+        let state = AppState {
+            lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
+            settings: Arc::new(settings),
+            db,
+            cache,
+            metrics,
+            health,
+        };
+        Ok(Self {
+            api_listener,
+            metrics_listener,
+            state,
+            monitor,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.api_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until a stop signal arrives, then drains and stops.
+    ///
+    /// First signal: phase `draining` (probes 503) while every route keeps serving for the
+    /// drain delay; then stop accepting, finish in-flight requests up to the shutdown
+    /// timeout, close the pools. A second signal at any point returns [`Stopped::Forced`].
+    pub async fn run_until_stopped(
+        self,
+        mut signals: UnboundedReceiver<StopSignal>,
+    ) -> anyhow::Result<Stopped> {
+        let Self {
+            api_listener,
+            metrics_listener,
+            state,
+            monitor,
+        } = self;
+        let shutdown = CancellationToken::new();
+        let metrics_shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(monitor.run(shutdown.clone()));
+        tasks.spawn(start_up(state.clone(), shutdown.clone()));
+        let mut api = tokio::spawn({
+            let app = crate::api::app(state.clone());
+            let stop = shutdown.clone();
+            async move {
+                axum::serve(api_listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+        let metrics = tokio::spawn(serve_metrics(
+            metrics_listener,
+            state.clone(),
+            metrics_shutdown.clone().cancelled_owned(),
+        ));
+
+        tokio::select! {
+            Some(signal) = signals.recv() => tracing::info!(?signal, "stop signal received"),
+            served = &mut api => {
+                served.context("API server task")?.context("API server")?;
+                anyhow::bail!("API server stopped on its own");
+            }
+        }
+
+        let lifecycle = &state.lifecycle;
+        let settings = &state.settings.lifecycle;
+        lifecycle.advance(Phase::Draining);
+        tracing::info!(
+            drain_ms = settings.drain_delay.as_millis() as u64,
+            "draining: probes answer 503, routes still serve"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(settings.drain_delay) => {}
+            Some(_) = signals.recv() => return Ok(forced()),
+        }
+
+        lifecycle.advance(Phase::Stopping);
+        shutdown.cancel();
+        tokio::select! {
+            finished = tokio::time::timeout(settings.shutdown_timeout, &mut api) => match finished {
+                Ok(served) => served.context("API server task")?.context("API server")?,
+                Err(_) => {
+                    tracing::warn!(timeout_ms = settings.shutdown_timeout.as_millis() as u64, "in-flight requests still running at the shutdown timeout");
+                    api.abort();
+                }
+            },
+            Some(_) = signals.recv() => return Ok(forced()),
+        }
+
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        metrics_shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), metrics).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), state.db.close()).await;
+        state.cache.close();
+        tracing::info!("stopped");
+        Ok(Stopped::Gracefully)
+    }
+}
+
+fn forced() -> Stopped {
+    tracing::warn!("second stop signal: exiting now");
+    Stopped::Forced
+}
+
+/// Applies the migrations (retrying while PostgreSQL is unreachable), then waits for a
+/// fresh round of checks before declaring start-up complete.
+async fn start_up(state: AppState, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match state.db.migrate().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "migrations not applied yet")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    state.db.load_server_version().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = state.health.refresh() => {}
+    }
+    if state.lifecycle.advance(Phase::Ready) {
+        tracing::info!("start-up complete");
+    }
+}
