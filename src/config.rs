@@ -230,8 +230,18 @@ fn thresholds(
 
 fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
     let connect = match src.get("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
-        Some(url) => PgConnectOptions::from_str(url.trim())
-            .map_err(|e| ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?,
+        Some(url) => {
+            let url = url.trim();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+            PgConnectOptions::from_str(url).map_err(|e| {
+                ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}"))
+            })?
+        }
         None => {
             let mut opts = PgConnectOptions::new_without_pgpass()
                 .host(&string_or(src, "POSTGRES_HOST", "localhost"))
@@ -322,12 +332,14 @@ fn ready_requires(src: &dyn Source) -> Result<ReadyRequires, ConfigError> {
             "database" => requires.database = true,
             "redis" => requires.redis = true,
             "none" => {}
-            other => return Err(ConfigError::new(
-                "READY_REQUIRES",
-                format!(
+            other => {
+                return Err(ConfigError::new(
+                    "READY_REQUIRES",
+                    format!(
                     "unknown dependency {other:?}; expected a list of database, redis (or none)"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(requires)

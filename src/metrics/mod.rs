@@ -196,6 +196,9 @@ impl Metrics {
             health_check_failures.with_label_values(&[check, instance]);
             health_check_total.with_label_values(&[check, instance]);
         }
+        for error_type in DB_ERROR_TYPES {
+            db_query_errors.with_label_values(&[instance, error_type]);
+        }
         for state in ["active", "idle", "waiting"] {
             db_pool_size.with_label_values(&[instance, state]);
         }
@@ -245,6 +248,23 @@ impl Metrics {
         }
     }
 }
+
+/// Every value [`db_error_type`] can return.
+const DB_ERROR_TYPES: [&str; 13] = [
+    "pool_timeout",
+    "pool_closed",
+    "connection",
+    "not_found",
+    "unique_violation",
+    "foreign_key_violation",
+    "constraint_violation",
+    "timeout",
+    "serialization",
+    "database",
+    "decode",
+    "protocol",
+    "other",
+];
 
 /// A small, bounded set of error kinds, so the label cannot explode.
 pub fn db_error_type(e: &sqlx::Error) -> &'static str {

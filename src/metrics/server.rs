@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use crate::state::AppState;
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    // Gauges that mirror state are set at scrape time, so they are never stale.
     state.db.record_pool_sizes(&state.metrics);
+    let (_, verdict) = state.verdict();
+    state.metrics.instance_health.set(verdict.status.gauge());
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         state.metrics.render(),

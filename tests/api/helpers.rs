@@ -1,0 +1,302 @@
+//! Spawning the real application for a test: its own database, Redis key prefix and ports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cartae_database_api::config::Settings;
+use cartae_database_api::lifecycle::StopSignal;
+use cartae_database_api::startup::{Application, Stopped};
+use cartae_database_api::state::AppState;
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::mpsc::UnboundedSender;
+use uuid::Uuid;
+
+use crate::support::proxy::TcpProxy;
+
+pub const PG_ADDR: &str = "127.0.0.1:5432";
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub fn pg_url(addr: &str, database: &str) -> String {
+    format!("postgres://postgres@{addr}/{database}?sslmode=disable")
+}
+
+/// A database of its own, dropped when the guard is.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&pg_url(PG_ADDR, "postgres"))
+            .await
+            .expect("postgres is running");
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&pg_url(PG_ADDR, &self.name))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: use a private runtime on a private thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&pg_url(PG_ADDR, "postgres")).await {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Settings every test starts from: loopback, free ports, fast checks, a CPU threshold no
+/// shared CI machine reaches (CPU tests set their own).
+pub fn base_env(database_url: &str, redis_url: &str) -> HashMap<String, String> {
+    let prefix = format!("test:{}:", Uuid::new_v4().simple());
+    [
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("METRICS_PORT", "0"),
+        ("DATABASE_URL", database_url),
+        ("REDIS_URL", redis_url),
+        ("JWT_SECRET", JWT_SECRET),
+        ("CACHE_KEY_PREFIX", &prefix),
+        ("HEALTH_CHECK_INTERVAL_MS", "200"),
+        ("HEALTH_CHECK_TIMEOUT_MS", "150"),
+        ("CPU_DEGRADED_PERCENT", "1000000"),
+        ("CPU_CRITICAL_PERCENT", "1000000"),
+        ("DRAIN_DELAY_MS", "300"),
+        ("SHUTDOWN_TIMEOUT_MS", "5000"),
+        ("LOG_LEVEL", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// How a test wants its app: extra variables, and proxies in front of the dependencies.
+#[derive(Default)]
+pub struct AppOptions {
+    pub env: Vec<(String, String)>,
+    pub proxy_postgres: bool,
+    pub proxy_redis: bool,
+    /// Reuse another app's database (several replicas of one cluster).
+    pub database: Option<String>,
+    /// Reuse a Redis key prefix (replicas sharing a cache).
+    pub key_prefix: Option<String>,
+}
+
+impl AppOptions {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn proxy_postgres(mut self) -> Self {
+        self.proxy_postgres = true;
+        self
+    }
+    pub fn proxy_redis(mut self) -> Self {
+        self.proxy_redis = true;
+        self
+    }
+    pub fn sharing_with(mut self, other: &TestApp) -> Self {
+        self.database = Some(other.database_name.clone());
+        self.key_prefix = Some(other.key_prefix.clone());
+        self
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub metrics_address: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub database_name: String,
+    pub key_prefix: String,
+    pub pg_proxy: Option<TcpProxy>,
+    pub redis_proxy: Option<TcpProxy>,
+    signals: UnboundedSender<StopSignal>,
+    pub run: tokio::task::JoinHandle<anyhow::Result<Stopped>>,
+    _database: Option<TestDatabase>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let owned_db = match &options.database {
+        Some(_) => None,
+        None => Some(TestDatabase::create().await),
+    };
+    let database_name = options
+        .database
+        .clone()
+        .unwrap_or_else(|| owned_db.as_ref().unwrap().name.clone());
+    let pg_proxy = match options.proxy_postgres {
+        true => Some(TcpProxy::start(PG_ADDR.parse().unwrap(), true).await),
+        false => None,
+    };
+    let redis_proxy = match options.proxy_redis {
+        true => Some(TcpProxy::start(REDIS_ADDR.parse().unwrap(), false).await),
+        false => None,
+    };
+    let pg_addr = pg_proxy
+        .as_ref()
+        .map(|p| p.addr.to_string())
+        .unwrap_or(PG_ADDR.to_owned());
+    let redis_addr: SocketAddr = redis_proxy
+        .as_ref()
+        .map(|p| p.addr)
+        .unwrap_or(REDIS_ADDR.parse().unwrap());
+    let mut env = base_env(
+        &pg_url(&pg_addr, &database_name),
+        &format!("redis://{redis_addr}"),
+    );
+    if let Some(prefix) = &options.key_prefix {
+        env.insert("CACHE_KEY_PREFIX".to_owned(), prefix.clone());
+    }
+    env.extend(options.env.iter().cloned());
+    let key_prefix = env["CACHE_KEY_PREFIX"].clone();
+    let settings = Settings::from_source(&env).expect("test settings are valid");
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics_address = format!("http://127.0.0.1:{}", app.metrics_port());
+    let state = app.state();
+    let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(app.run_until_stopped(rx));
+    TestApp {
+        address,
+        metrics_address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        state,
+        database_name,
+        key_prefix,
+        pg_proxy,
+        redis_proxy,
+        signals,
+        run,
+        _database: owned_db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.metrics_address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a stop signal, exactly as SIGTERM would.
+    pub fn signal(&self) {
+        let _ = self.signals.send(StopSignal::Terminate);
+    }
+
+    pub fn pg_proxy(&self) -> &TcpProxy {
+        self.pg_proxy
+            .as_ref()
+            .expect("app started with proxy_postgres")
+    }
+
+    pub fn redis_proxy(&self) -> &TcpProxy {
+        self.redis_proxy
+            .as_ref()
+            .expect("app started with proxy_redis")
+    }
+
+    pub async fn wait_ready(&self) {
+        self.wait_for("/ready", Duration::from_secs(20), |status, _| status == 200)
+            .await;
+    }
+
+    /// Polls `path` until `check` holds, returning the body; panics with the last body.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        within: Duration,
+        check: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get_json(path).await;
+            if check(status, &body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!("{path} did not reach the expected state within {within:?}; last: {status} {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Sums every sample of `name` whose labels contain all of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+/// How many distinct series the exposition holds.
+pub fn series_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count()
+}

@@ -1,0 +1,180 @@
+//! Draining and stopping: in-process through the same signal channel as SIGTERM, and with
+//! the real binary and real signals.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cartae_database_api::startup::Stopped;
+
+use crate::helpers::{base_env, pg_url, spawn_app_with, AppOptions, TestDatabase, PG_ADDR};
+use crate::support::process::{free_port, run_to_end, Replica};
+
+#[tokio::test]
+async fn a_stop_signal_drains_probes_at_once_while_routes_keep_serving() {
+    let app = spawn_app_with(AppOptions::default().env("DRAIN_DELAY_MS", "1500")).await;
+    app.wait_ready().await;
+    let signalled = Instant::now();
+    app.signal();
+    let body = app
+        .wait_for("/ready", Duration::from_millis(500), |s, _| s == 503)
+        .await;
+    assert!(signalled.elapsed() < Duration::from_millis(500));
+    assert_eq!(body["reasons"], serde_json::json!(["draining"]));
+    let (status, body) = app.get_json("/health").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reasons"], serde_json::json!(["draining"]));
+    // Still serving everything else during the drain delay.
+    for _ in 0..10 {
+        let (status, _) = app.get_json("/live").await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "lifecycle_phase", &[("phase", "draining")]),
+        1.0
+    );
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "instance_health", &[]),
+        0.0
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), app.run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Stopped::Gracefully);
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "stopped before the drain delay"
+    );
+}
+
+async fn process_env(db: &TestDatabase, drain_ms: u64) -> HashMap<String, String> {
+    let mut env = base_env(&pg_url(PG_ADDR, &db.name), "redis://127.0.0.1:6379");
+    env.insert("DRAIN_DELAY_MS".into(), drain_ms.to_string());
+    env.insert("INSTANCE_ID".into(), "proc-1".into());
+    env.insert("LOG_LEVEL".into(), "info".into());
+    env
+}
+
+#[tokio::test]
+async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
+    let db = TestDatabase::create().await;
+    let mut replica = Replica::start(process_env(&db, 1500).await);
+    let client = reqwest::Client::new();
+    replica.wait_ready(&client, Duration::from_secs(20)).await;
+
+    // Load, as a load balancer would send it: until its next probe sees 503, and a little
+    // longer, since its checks are periodic.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, stop, sent, failed) =
+                (client.clone(), stop.clone(), sent.clone(), failed.clone());
+            let url = replica.url(if i % 2 == 0 {
+                "/live"
+            } else {
+                "/health/detailed"
+            });
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status().is_success() || r.status() == 503 => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replica.signal("TERM");
+    let signalled = Instant::now();
+    loop {
+        let r = client.get(replica.url("/ready")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_millis(500),
+            "/ready did not turn 503 at once"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(sent.load(Ordering::SeqCst) > 50, "the load was real");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the drain"
+    );
+
+    let status = replica.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(status.code(), Some(0), "logs:\n{}", replica.logs());
+    assert!(signalled.elapsed() >= Duration::from_millis(1500));
+    assert!(replica.logs().contains("draining"));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let db = TestDatabase::create().await;
+    let mut replica = Replica::start(process_env(&db, 30_000).await);
+    let client = reqwest::Client::new();
+    replica.wait_ready(&client, Duration::from_secs(20)).await;
+    replica.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        replica.wait_exit(Duration::from_millis(100)).is_none(),
+        "first signal only drains"
+    );
+    let second = Instant::now();
+    replica.signal("INT");
+    let status = replica
+        .wait_exit(Duration::from_secs(3))
+        .expect("exited after the second signal");
+    assert!(second.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[tokio::test]
+async fn signal_handlers_are_installed_before_the_port_is_bound() {
+    let db = TestDatabase::create().await;
+    let mut replica = Replica::start(process_env(&db, 0).await);
+    // The instant the port accepts, a SIGTERM must start a drain, not kill the process.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", replica.port)).is_err() {
+        assert!(Instant::now() < deadline, "port never bound");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    replica.signal("TERM");
+    let status = replica.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "killed by the signal instead of draining; logs:\n{}",
+        replica.logs()
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_follows_ready() {
+    let db = TestDatabase::create().await;
+    let replica = Replica::start(process_env(&db, 0).await);
+    let client = reqwest::Client::new();
+    replica.wait_ready(&client, Duration::from_secs(20)).await;
+    let port = |p: u16| HashMap::from([("PORT".to_owned(), p.to_string())]);
+    let (status, output) = run_to_end(&["healthcheck"], &port(replica.port));
+    assert!(status.success(), "{output}");
+    let (status, output) = run_to_end(&["healthcheck"], &port(free_port()));
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("not ready"), "{output}");
+}

@@ -1,0 +1,102 @@
+//! The metrics port: the seed's names, bounded label sets, honest gauges.
+
+use futures::stream::{self, StreamExt};
+
+use crate::helpers::{metric_value, series_count, spawn_app};
+
+#[tokio::test]
+async fn the_seed_metrics_are_exported_with_the_instance_label() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let _ = app.get("/live").await;
+    let text = app.metrics().await;
+    let instance = app.state.metrics.instance.as_str();
+    for name in [
+        "lb_requests_total",
+        "request_distribution_total",
+        "active_connections",
+        "request_duration_seconds_bucket",
+        "instance_health",
+        "health_check_duration_seconds_bucket",
+        "health_check_failures_total",
+        "health_check_total",
+        "database_latency_seconds_bucket",
+        "db_pool_size",
+        "db_query_errors_total",
+        "redis_latency_seconds_bucket",
+        "lifecycle_phase",
+    ] {
+        let present = text.lines().any(|l| {
+            l.starts_with(&format!("{name}{{")) && l.contains(&format!("instance=\"{instance}\""))
+        });
+        assert!(present, "{name} missing:\n{text}");
+    }
+    assert!(text.contains("process_resident_memory_bytes"));
+    assert_eq!(metric_value(&text, "instance_health", &[]), 1.0);
+    assert_eq!(
+        metric_value(&text, "lifecycle_phase", &[("phase", "ready")]),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "lifecycle_phase", &[("phase", "starting")]),
+        0.0
+    );
+    assert!(
+        text.contains(r#"le="0.01""#) && text.contains(r#"le="10""#),
+        "seed buckets"
+    );
+    assert!(
+        metric_value(
+            &text,
+            "lb_requests_total",
+            &[("path", "/live"), ("method", "GET"), ("status", "200")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_random_urls_create_no_new_series() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    // One unknown URL and one of each known route first: their series exist from then on.
+    for path in ["/first-unknown", "/live", "/health"] {
+        let _ = app.get(path).await;
+    }
+    let before = app.metrics().await;
+    let statuses: Vec<u16> = stream::iter(0..10_000)
+        .map(|i| {
+            let url = app.url(&format!("/{}/{i}?q={}", uuid::Uuid::new_v4(), i * 7));
+            let client = app.client.clone();
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 404));
+    let after = app.metrics().await;
+    let request_series = |t: &str| {
+        t.lines()
+            .filter(|l| {
+                l.starts_with("lb_requests_total{") || l.starts_with("request_duration_seconds")
+            })
+            .count()
+    };
+    assert_eq!(
+        request_series(&before),
+        request_series(&after),
+        "new request series appeared"
+    );
+    assert!(
+        series_count(&after) <= series_count(&before) + 2,
+        "the exposition grew"
+    );
+    assert!(!after.contains("q="), "a raw URL leaked into a label");
+    assert!(metric_value(&after, "lb_requests_total", &[("path", "unmatched")]) >= 10_000.0);
+}

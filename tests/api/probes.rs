@@ -1,0 +1,211 @@
+//! Probes read a snapshot: they cost the dependencies nothing, and never hang.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::helpers::{spawn_app_with, AppOptions};
+use crate::support::proxy::Mode;
+
+const INTERVAL_MS: u64 = 200;
+
+#[tokio::test]
+async fn a_thousand_concurrent_health_probes_cost_one_round_trip_per_interval() {
+    let app = spawn_app_with(AppOptions::default().proxy_postgres().proxy_redis()).await;
+    app.wait_ready().await;
+    let (pg, redis) = (app.pg_proxy(), app.redis_proxy());
+    // Warm the client's connection pool first, so the burst measures the server.
+    let _ = app.get("/health").await;
+
+    let (queries_before, pg_conns_before, redis_conns_before) =
+        (pg.queries(), pg.connections(), redis.connections());
+    let started = Instant::now();
+    let responses = join_all((0..1000).map(|_| app.client.get(app.url("/health")).send())).await;
+    let elapsed = started.elapsed();
+    let ok = responses
+        .into_iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+        .count();
+    assert_eq!(ok, 1000, "every probe answered 200");
+
+    let queries = pg.queries() - queries_before;
+    // Each round is at most a liveness ping of the pooled connection plus `SELECT 1`.
+    let rounds_allowed = elapsed.as_millis() as u64 / INTERVAL_MS + 2;
+    assert!(
+        queries <= 2 * rounds_allowed,
+        "{queries} PostgreSQL queries for 1000 probes in {elapsed:?}; the interval allows {rounds_allowed} rounds"
+    );
+    assert!(
+        pg.connections() - pg_conns_before < 2,
+        "probes opened PostgreSQL connections"
+    );
+    assert!(
+        redis.connections() - redis_conns_before < 2,
+        "probes opened Redis connections"
+    );
+
+    // The counter does see the background checks: the bound above is not vacuous.
+    let before = pg.queries();
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 3)).await;
+    assert!(pg.queries() > before, "background checks reach PostgreSQL");
+}
+
+#[tokio::test]
+async fn a_hanging_database_fails_its_check_at_the_timeout_without_hanging_probes() {
+    let app = spawn_app_with(AppOptions::default().proxy_postgres()).await;
+    app.wait_ready().await;
+    app.pg_proxy().set_mode(Mode::Hang);
+    let body = app
+        .wait_for("/health", Duration::from_secs(5), |_, b| {
+            b["checks"]["database"]["status"] == "failed"
+        })
+        .await;
+    let message = body["checks"]["database"]["message"].as_str().unwrap();
+    assert!(message.contains("within 150 ms"), "{message}");
+    for path in ["/health", "/ready", "/live", "/health/detailed"] {
+        let started = Instant::now();
+        let response = app.get(path).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+        let expected = if path == "/live" { 200 } else { 503 };
+        assert_eq!(response.status(), expected, "{path}");
+    }
+    app.pg_proxy().set_mode(Mode::Forward);
+    app.wait_ready().await;
+}
+
+#[tokio::test]
+async fn database_latency_moves_the_check_to_degraded_then_failed() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .proxy_postgres()
+            .env("DB_LATENCY_DEGRADED_MS", "60")
+            .env("DB_LATENCY_CRITICAL_MS", "250")
+            .env("HEALTH_CHECK_INTERVAL_MS", "1000")
+            .env("HEALTH_CHECK_TIMEOUT_MS", "900"),
+    )
+    .await;
+    app.wait_ready().await;
+    // A round is a ping plus the query: two answers, each delayed.
+    app.pg_proxy().set_latency(Duration::from_millis(50));
+    let body = app
+        .wait_for("/health", Duration::from_secs(6), |_, b| {
+            b["checks"]["database"]["status"] == "degraded"
+        })
+        .await;
+    assert_eq!(body["status"], "degraded");
+    assert!(body["checks"]["database"]["latency"].as_f64().unwrap() > 60.0);
+    let (status, _) = app.get_json("/ready").await;
+    assert_eq!(
+        status, 200,
+        "a slow database degrades, it does not remove the replica"
+    );
+
+    app.pg_proxy().set_latency(Duration::from_millis(200));
+    let body = app
+        .wait_for("/health", Duration::from_secs(6), |_, b| {
+            b["checks"]["database"]["status"] == "failed"
+        })
+        .await;
+    assert_eq!(body["status"], "unhealthy");
+    assert!(body["checks"]["database"]["latency"].as_f64().unwrap() > 250.0);
+    let (status, _) = app.get_json("/health").await;
+    assert_eq!(status, 503);
+
+    app.pg_proxy().set_latency(Duration::ZERO);
+    app.wait_for("/health", Duration::from_secs(6), |s, b| {
+        s == 200 && b["status"] == "healthy"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_latency_moves_its_check_to_degraded() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .proxy_redis()
+            .env("REDIS_LATENCY_DEGRADED_MS", "40")
+            .env("REDIS_LATENCY_CRITICAL_MS", "400")
+            .env("HEALTH_CHECK_INTERVAL_MS", "1000")
+            .env("HEALTH_CHECK_TIMEOUT_MS", "900"),
+    )
+    .await;
+    app.wait_ready().await;
+    app.redis_proxy().set_latency(Duration::from_millis(100));
+    let body = app
+        .wait_for("/health", Duration::from_secs(6), |_, b| {
+            b["checks"]["redis"]["status"] == "degraded"
+        })
+        .await;
+    assert_eq!(body["status"], "degraded");
+    app.redis_proxy().set_latency(Duration::from_millis(500));
+    let body = app
+        .wait_for("/health", Duration::from_secs(6), |_, b| {
+            b["checks"]["redis"]["status"] == "failed"
+        })
+        .await;
+    // Redis is optional by default: failed, yet only degraded overall, and still ready.
+    assert_eq!(body["status"], "degraded");
+    let (status, _) = app.get_json("/ready").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn critical_memory_takes_the_replica_out_of_rotation() {
+    // Any process uses more than 0.002 % of host memory.
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("MEMORY_DEGRADED_PERCENT", "0.001")
+            .env("MEMORY_CRITICAL_PERCENT", "0.002"),
+    )
+    .await;
+    let body = app
+        .wait_for("/ready", Duration::from_secs(10), |s, b| {
+            s == 503
+                && b["reasons"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r.as_str().unwrap().starts_with("memory critical"))
+                })
+        })
+        .await;
+    assert_eq!(body["ready"], false);
+    let (status, body) = app.get_json("/health").await;
+    assert_eq!(
+        (status, body["checks"]["memory"]["status"].as_str()),
+        (503, Some("failed"))
+    );
+}
+
+#[tokio::test]
+async fn high_cpu_degrades_but_never_fails_or_unreadies() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("CPU_DEGRADED_PERCENT", "0.0001")
+            .env("CPU_CRITICAL_PERCENT", "0.0002"),
+    )
+    .await;
+    // Burn some CPU so the load average is above the tiny thresholds.
+    let burn = tokio::task::spawn_blocking(|| {
+        let until = Instant::now() + Duration::from_millis(1500);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        x
+    });
+    app.wait_ready().await;
+    let body = app
+        .wait_for("/health", Duration::from_secs(10), |_, b| {
+            b["checks"]["cpu"]["status"] == "degraded"
+        })
+        .await;
+    assert_eq!(body["status"], "degraded");
+    let _ = burn.await;
+    let (status, body) = app.get_json("/health").await;
+    assert_eq!(status, 200, "a busy replica is not a broken one: {body}");
+    let (status, _) = app.get_json("/ready").await;
+    assert_eq!(status, 200);
+}
