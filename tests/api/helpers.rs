@@ -1,4 +1,5 @@
 //! Spawning the real application for a test: its own database, Redis key prefix and ports.
+#![allow(dead_code)] // Shared by every test module; not each uses every helper.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
 //! The real binary as a child process, for what only a process can show: signals, exit
+#![allow(dead_code)] // Shared by every test module; not each uses every helper.
 //! codes, the command line. Every child is killed by its PID when the guard drops, even when
 //! the test panics.
 
