@@ -393,6 +393,33 @@ PY
   if grep -E '"level":"error"|ERR ' "$dir/traefik.log"; then
     status=1
   fi
+
+  # The real static traefik.yml too, with only its listen addresses moved to loopback:
+  # it must load, redirect HTTP to HTTPS, serve the API over TLS, and expose /ping and
+  # the Prometheus metrics that prometheus.yml and alerts.yml rely on.
+  local h80 h443 h8082
+  read -r h80 h443 h8082 <<< "$(free_ports 3)"
+  sed -E -e "s#address: \":80\"#address: \"127.0.0.1:$h80\"#" \
+         -e "s#address: \":443\"#address: \"127.0.0.1:$h443\"#" \
+         -e "s#address: \":8082\"#address: \"127.0.0.1:$h8082\"#" \
+         -e "s#directory: /etc/traefik/dynamic#directory: \"$dir/dynamic\"#" \
+         infra/traefik/traefik.yml > "$dir/traefik.real.yml"
+  traefik --configfile="$dir/traefik.real.yml" > "$dir/traefik.real.log" 2>&1 & STARTED_PIDS+=("$!")
+  wait_http "http://127.0.0.1:$h8082/ping" || { cat "$dir/traefik.real.log"; return 1; }
+  sleep 2
+  local redirect
+  redirect="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$h80/x")"
+  [[ "$redirect" == 30[178]" https://"* ]] || { echo "web does not redirect to https: $redirect"; status=1; }
+  curl -fsSk -o /dev/null "https://127.0.0.1:$h443/" || { echo "websecure did not serve"; status=1; }
+  local metrics m
+  metrics="$(curl -fsS "http://127.0.0.1:$h8082/metrics")" || { echo "no metrics"; status=1; }
+  for m in traefik_service_server_up traefik_service_requests_total traefik_entrypoint_requests_total; do
+    grep -q "^$m{" <<< "$metrics" || { echo "Traefik does not export $m"; status=1; }
+  done
+  if grep -E '"level":"error"' "$dir/traefik.real.log"; then
+    status=1
+  fi
+  [[ "$status" -eq 0 ]] && echo "static traefik.yml: redirect, TLS, /ping and metrics ok"
   return "$status"
 }
 
