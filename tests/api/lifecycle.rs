@@ -178,3 +178,39 @@ async fn healthcheck_subcommand_follows_ready() {
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("not ready"), "{output}");
 }
+
+#[tokio::test]
+async fn probes_are_logged_at_debug_only_and_requests_carry_their_id() {
+    let db = TestDatabase::create().await;
+    let replica = Replica::start(process_env(&db, 0).await);
+    let client = reqwest::Client::new();
+    replica.wait_ready(&client, Duration::from_secs(20)).await;
+    for path in ["/live", "/ready", "/health", "/startup"] {
+        client.get(replica.url(path)).send().await.unwrap();
+    }
+    client
+        .get(replica.url("/not-a-probe"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    // The log line is written after the response: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = replica.logs();
+    let request_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request served")
+        .collect();
+    assert_eq!(
+        request_lines.len(),
+        1,
+        "only the non-probe request is logged at info:\n{logs}"
+    );
+    assert_eq!(request_lines[0]["span"]["path"], "/not-a-probe", "{logs}");
+    assert_eq!(
+        request_lines[0]["span"]["request_id"], "trace-me-42",
+        "{logs}"
+    );
+    assert_eq!(request_lines[0]["status"], 404);
+}
