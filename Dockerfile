@@ -24,14 +24,16 @@ WORKDIR /app
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
-# Dependency layer: stub sources, real manifests.
+# Dependency layer: stub sources, real manifests (the workspace's test harness member
+# must be present for the manifest to resolve, but is not built).
 COPY Cargo.toml Cargo.lock ./
+COPY harness/Cargo.toml harness/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
-    mkdir -p src \
+    mkdir -p src harness/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
+    && touch src/lib.rs harness/src/lib.rs \
+    && cargo build --release --locked -p cartae-database-api \
     && rm -rf src target/release/cartae-database-api* \
        target/release/deps/cartae_database_api* target/release/deps/libcartae_database_api* \
        target/release/.fingerprint/cartae-database-api*
@@ -42,7 +44,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin cartae-database-api \
+    && cargo build --release --locked -p cartae-database-api --bin cartae-database-api \
     && install -D -m 0755 target/release/cartae-database-api /out/cartae-database-api
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

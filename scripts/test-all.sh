@@ -5,8 +5,10 @@
 #
 # 1. starts PostgreSQL and Redis if they are down;
 # 2. installs the real programs the tests drive (Traefik, HAProxy, Prometheus) if missing;
-# 3. runs the Rust test suite (unit and integration tests against the real servers);
-# 4. checks every deployment artifact (infra/ci/check-infra.sh).
+# 3. builds the release binary, which the HA drill runs as three replicas;
+# 4. runs the Rust test suite: unit and integration tests against the real servers, and
+#    the HA drill behind real Traefik and HAProxy (harness/tests/ha.rs);
+# 5. checks every deployment artifact (infra/ci/check-infra.sh).
 #
 # Tests run in parallel (each has its own database, Redis prefix and ports), so more test
 # threads than cores: most of their time is spent waiting on the network.
@@ -27,6 +29,7 @@ command -v traefik >/dev/null || python3 -m pip install -q --disable-pip-version
 command -v haproxy >/dev/null || apt_install haproxy
 command -v prometheus >/dev/null || apt_install prometheus
 
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-8}"
+cargo build --release -p cartae-database-api
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-8}"
 
 bash infra/ci/check-infra.sh

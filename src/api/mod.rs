@@ -9,12 +9,13 @@ pub mod error;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, Response};
+use axum::http::{HeaderName, HeaderValue, Response};
 use axum::middleware::from_fn_with_state;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -27,6 +28,8 @@ use crate::state::AppState;
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Which replica answered: lets clients and tests see the load balancer's choices.
+const INSTANCE_ID: HeaderName = HeaderName::from_static("x-instance-id");
 
 /// Paths probed every few seconds by every load balancer and orchestrator: logged at debug
 /// only, or they would drown everything else.
@@ -78,8 +81,14 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
 
 /// The API port's full application: routes, JSON fallbacks and the middleware stack.
 pub fn app(state: AppState) -> Router {
+    // An instance id that is not a valid header value is simply not advertised.
+    let instance = HeaderValue::from_str(&state.metrics.instance).ok();
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetResponseHeaderLayer::overriding(
+            INSTANCE_ID,
+            move |_: &Response<_>| instance.clone(),
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)

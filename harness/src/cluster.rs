@@ -1,0 +1,306 @@
+//! Three replicas of the release binary, managed through the shipped rolling-update script.
+//!
+//! Replicas are started, replaced and rolled back only by `infra/scripts/rolling-update.sh`
+//! with `RUNTIME=process`, so the script's own wait and rollback code is what the drill
+//! proves. The cluster reaches PostgreSQL and Redis through proxies it controls.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
+use crate::process::{free_port, is_alive, send_signal};
+use crate::proxy::TcpProxy;
+
+/// Production timings scaled down for a drill that runs in minutes.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// The service's `HEALTH_CHECK_INTERVAL_MS`.
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    /// The service's `DRAIN_DELAY_MS`: longer than the load balancer's check interval
+    /// plus timeout, as in production (15 s against 10 s + 3 s).
+    pub drain_delay: Duration,
+    /// The load balancer's active health check.
+    pub lb_check_interval: Duration,
+    pub lb_check_timeout: Duration,
+    /// The script's pause between replicas: one load-balancer check interval and more,
+    /// so a new replica is back in rotation before the next one leaves.
+    pub rollout_pause: Duration,
+    /// The script's limit on waiting for `/ready`.
+    pub rollout_wait_max: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_millis(500),
+            check_timeout: Duration::from_millis(300),
+            drain_delay: Duration::from_secs(3),
+            lb_check_interval: Duration::from_secs(1),
+            lb_check_timeout: Duration::from_millis(500),
+            rollout_pause: Duration::from_secs(3),
+            rollout_wait_max: Duration::from_secs(6),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl Instance {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
+    }
+}
+
+pub struct Cluster {
+    pub instances: Vec<Instance>,
+    pub state_dir: PathBuf,
+    pub binary: PathBuf,
+    pub timings: Timings,
+    pub pg_proxy: TcpProxy,
+    pub redis_proxy: TcpProxy,
+    pub database: TestDatabase,
+    pub key_prefix: String,
+}
+
+/// Starts each instance at `$VERSION` on the ports chosen for it. `$VERSION` is the path of
+/// an executable: the release binary, or a wrapper the drill writes for a bad version.
+const START_CMD: &str = r#"ports=($API_PORTS); mports=($METRICS_PORTS); i=$((INSTANCE_INDEX - 1)); PORT=${ports[$i]} METRICS_PORT=${mports[$i]} INSTANCE_ID=$INSTANCE exec "$VERSION" serve"#;
+
+/// The release binary: `CARTAE_BIN`, or `target/release/cartae-database-api`.
+pub fn release_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("CARTAE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("target/release/cartae-database-api"));
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --release` (scripts/test-all.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn require_program(name: &str, install: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        bail!("{name} not found: install it with `{install}` (scripts/test-all.sh does)");
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// A fresh database, proxies to PostgreSQL and Redis, and three ready replicas.
+    pub async fn start(timings: Timings, state_dir: &Path) -> anyhow::Result<Self> {
+        require_program("curl", "apt-get install curl")?;
+        let binary = release_binary()?;
+        std::fs::create_dir_all(state_dir)?;
+        let database = TestDatabase::create().await?;
+        let pg_proxy = TcpProxy::start(PG_ADDR.parse()?, false).await;
+        let redis_proxy = TcpProxy::start(REDIS_ADDR.parse()?, false).await;
+        let instances = (1..=3)
+            .map(|i| Instance {
+                name: format!("api-{i}"),
+                port: free_port(),
+                metrics_port: free_port(),
+            })
+            .collect();
+        let cluster = Self {
+            instances,
+            state_dir: state_dir.to_owned(),
+            binary: binary.clone(),
+            timings,
+            key_prefix: format!("drill:{}:", uuid::Uuid::new_v4().simple()),
+            pg_proxy,
+            redis_proxy,
+            database,
+        };
+        let outcome = cluster
+            .script(&["--bootstrap", &binary.to_string_lossy()])
+            .await?;
+        if !outcome.success {
+            bail!("bootstrap failed:\n{}", outcome.output);
+        }
+        Ok(cluster)
+    }
+
+    fn ms(d: Duration) -> String {
+        d.as_millis().to_string()
+    }
+
+    /// Runs the rolling-update script with the process runtime; the replicas inherit this
+    /// environment.
+    pub async fn script(&self, args: &[&str]) -> anyhow::Result<ScriptOutcome> {
+        let t = &self.timings;
+        let join =
+            |f: fn(&Instance) -> String| self.instances.iter().map(f).collect::<Vec<_>>().join(" ");
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(crate::repo_root().join("infra/scripts/rolling-update.sh"))
+            .args(args)
+            .env("RUNTIME", "process")
+            .env("INSTANCES", join(|i| i.name.clone()))
+            .env("READY_URLS", join(|i| i.url("/ready")))
+            .env("API_PORTS", join(|i| i.port.to_string()))
+            .env("METRICS_PORTS", join(|i| i.metrics_port.to_string()))
+            .env("STATE_DIR", &self.state_dir)
+            .env("BACKUP_DIR", self.state_dir.join("backup"))
+            .env("PROCESS_START_CMD", START_CMD)
+            .env("WAIT_MAX", t.rollout_wait_max.as_secs().max(1).to_string())
+            .env("PAUSE", t.rollout_pause.as_secs().to_string())
+            .env("POLL_INTERVAL", "1")
+            .env("STOP_TIMEOUT", (t.drain_delay.as_secs() + 10).to_string())
+            .env("HOST", "127.0.0.1")
+            .env(
+                "DATABASE_URL",
+                pg_url(&self.pg_proxy.addr.to_string(), &self.database.name),
+            )
+            .env("REDIS_URL", format!("redis://{}", self.redis_proxy.addr))
+            .env("CACHE_KEY_PREFIX", &self.key_prefix)
+            .env("JWT_SECRET", "drill-secret-drill-secret-drill-secret-42")
+            .env("HEALTH_CHECK_INTERVAL_MS", Self::ms(t.check_interval))
+            .env("HEALTH_CHECK_TIMEOUT_MS", Self::ms(t.check_timeout))
+            .env("DRAIN_DELAY_MS", Self::ms(t.drain_delay))
+            .env("SHUTDOWN_TIMEOUT_MS", "5000")
+            .env("POSTGRES_POOL_MAX", "10")
+            .env("LOG_LEVEL", "info")
+            .env("LOG_FORMAT", "json")
+            .kill_on_drop(true);
+        let output = command.output().await.context("run rolling-update.sh")?;
+        Ok(ScriptOutcome {
+            success: output.status.success(),
+            code: output.status.code(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        })
+    }
+
+    /// The PID the script recorded for an instance.
+    pub fn pid(&self, index: usize) -> Option<i32> {
+        let file = self
+            .state_dir
+            .join(format!("{}.pid", self.instances[index].name));
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// SIGKILL, no drain: a crash.
+    pub fn crash(&self, index: usize) -> anyhow::Result<()> {
+        let pid = self.pid(index).context("no pid recorded")?;
+        send_signal(-pid, "KILL");
+        send_signal(pid, "KILL");
+        Ok(())
+    }
+
+    /// Starts every instance that is not running, at the version it last ran.
+    pub async fn restart_missing(&self) -> anyhow::Result<()> {
+        let outcome = self
+            .script(&["--bootstrap", &self.binary.to_string_lossy()])
+            .await?;
+        if !outcome.success {
+            bail!("restart failed:\n{}", outcome.output);
+        }
+        Ok(())
+    }
+
+    pub async fn wait_all_ready(&self, client: &reqwest::Client, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.ready_count(client).await == self.instances.len() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub async fn ready_count(&self, client: &reqwest::Client) -> usize {
+        let probes = self.instances.iter().map(|i| {
+            let request = client
+                .get(i.url("/ready"))
+                .timeout(Duration::from_millis(500))
+                .send();
+            async move { request.await.is_ok_and(|r| r.status() == 200) }
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Copies the release binary under another name: a "new version" for a rollout.
+    pub fn version(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.state_dir.join(name);
+        if !path.exists() {
+            std::fs::copy(&self.binary, &path)?;
+        }
+        Ok(path)
+    }
+
+    /// A version that starts but never becomes ready: its database is unreachable, so its
+    /// migrations never run and `/ready` stays 503 (`starting`).
+    pub fn broken_version(&self) -> anyhow::Result<PathBuf> {
+        let path = self.state_dir.join("broken-version");
+        let script = format!(
+            "#!/bin/sh\nDATABASE_URL=postgres://postgres@127.0.0.1:1/none?sslmode=disable exec '{}' \"$@\"\n",
+            self.binary.display()
+        );
+        std::fs::write(&path, script)?;
+        Command::new("chmod").args(["+x"]).arg(&path).status()?;
+        Ok(path)
+    }
+
+    /// Every log line of every replica, for a person reading a failure.
+    pub fn logs(&self) -> String {
+        self.instances
+            .iter()
+            .map(|i| {
+                let log = std::fs::read_to_string(self.state_dir.join(format!("{}.log", i.name)))
+                    .unwrap_or_default();
+                format!("===== {} =====\n{log}", i.name)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn stop_all(&self) {
+        for index in 0..self.instances.len() {
+            if let Some(pid) = self.pid(index) {
+                if is_alive(pid) {
+                    send_signal(-pid, "KILL");
+                    send_signal(pid, "KILL");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+pub struct ScriptOutcome {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub output: String,
+}

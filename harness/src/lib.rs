@@ -1,0 +1,31 @@
+//! Runs cartae-database-api for real, on loopback, to prove its HA promises and measure it.
+//!
+//! - [`proxy`]: a TCP proxy between the replicas and PostgreSQL or Redis, to cut, hang or
+//!   slow a dependency.
+//! - [`process`]: child processes stopped by their PID, whatever happens.
+//! - [`cluster`]: three replicas of the release binary, started, replaced and rolled back by
+//!   the shipped `infra/scripts/rolling-update.sh` through its process runtime.
+//! - [`balancer`]: real Traefik with the shipped dynamic configuration, or real HAProxy
+//!   with the shipped configuration, only the server addresses and timings rewritten.
+//! - [`load`]: a load client with bounded workers, requests and time, recording every
+//!   request's outcome and latency.
+//! - [`scenarios`]: the drill itself, one function per promise, and [`report`] its table.
+
+pub mod balancer;
+pub mod cluster;
+pub mod database;
+pub mod load;
+pub mod process;
+pub mod proxy;
+pub mod report;
+pub mod scenarios;
+
+use std::path::PathBuf;
+
+/// The repository root (the harness crate lives one level below it).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

@@ -1,0 +1,53 @@
+//! The HA promises, proven against three replicas of the release binary behind real
+//! Traefik and real HAProxy. Needs `cargo build --release` first (scripts/test-all.sh
+//! does), plus `traefik` and `haproxy` on the PATH.
+
+use cartae_harness::balancer::BalancerKind;
+use cartae_harness::cluster::Timings;
+use cartae_harness::report::table;
+use cartae_harness::scenarios::{Drill, SCENARIOS};
+
+/// The two drills run one after the other: each is timing-sensitive, and together they
+/// would oversubscribe a small CI machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn drill(kind: BalancerKind) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
+        "test-{}-{}",
+        kind.name(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let drill = Drill::start(kind, &dir, Timings::default())
+        .await
+        .expect("the drill starts");
+    let mut rows = Vec::new();
+    for scenario in SCENARIOS {
+        rows.push(drill.run(scenario).await);
+    }
+    println!("{}", table(&rows));
+    let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).collect();
+    if failed.is_empty() {
+        drop(drill);
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        let logs = drill.keep_logs();
+        panic!(
+            "{} scenario(s) failed behind {}; logs in {}:\n{}",
+            failed.len(),
+            kind.name(),
+            logs.display(),
+            table(&rows)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ha_promise_holds_behind_traefik() {
+    drill(BalancerKind::Traefik).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ha_promise_holds_behind_haproxy() {
+    drill(BalancerKind::Haproxy).await;
+}
