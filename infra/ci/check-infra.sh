@@ -264,7 +264,7 @@ PY
 }
 
 check_shellcheck() {
-  shellcheck infra/scripts/*.sh infra/ci/*.sh
+  shellcheck infra/scripts/*.sh infra/ci/*.sh scripts/*.sh .ci/run
 }
 
 check_haproxy() {
