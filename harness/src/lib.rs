@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod database;
 pub mod load;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod scenarios;

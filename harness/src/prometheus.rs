@@ -1,0 +1,119 @@
+//! A real Prometheus, with the shipped configuration and alert rules, scraping the cluster
+//! and the balancer on loopback.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::balancer::Balancer;
+use crate::cluster::{require_program, Cluster};
+use crate::process::{free_port, wait_until, ManagedChild};
+
+pub struct Prometheus {
+    pub port: u16,
+    child: ManagedChild,
+}
+
+fn rewrite(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
+    if !text.contains(from) {
+        bail!("{from:?} not found in the shipped prometheus.yml");
+    }
+    Ok(text.replace(from, to))
+}
+
+/// The shipped `prometheus.yml` with targets on loopback and a one-second scrape interval.
+pub fn config(cluster: &Cluster, balancer: &Balancer, own_port: u16) -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/prometheus/prometheus.yml");
+    let mut text =
+        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    for (i, instance) in cluster.instances.iter().enumerate() {
+        text = rewrite(
+            &text,
+            &format!("database-api-{}:9090", i + 1),
+            &format!("127.0.0.1:{}", instance.metrics_port),
+        )?;
+    }
+    text = rewrite(
+        &text,
+        "traefik:8082",
+        &format!("127.0.0.1:{}", balancer.metrics_port),
+    )?;
+    text = rewrite(&text, "localhost:9090", &format!("127.0.0.1:{own_port}"))?;
+    for interval in [
+        "scrape_interval: 15s",
+        "scrape_interval: 10s",
+        "evaluation_interval: 15s",
+    ] {
+        let (key, _) = interval.split_once(':').unwrap_or_default();
+        text = text.replace(interval, &format!("{key}: 1s"));
+    }
+    Ok(text)
+}
+
+impl Prometheus {
+    pub async fn start(cluster: &Cluster, balancer: &Balancer, dir: &Path) -> anyhow::Result<Self> {
+        require_program("prometheus", "apt-get install prometheus")?;
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        std::fs::write(dir.join("prometheus.yml"), config(cluster, balancer, port)?)?;
+        std::fs::copy(
+            crate::repo_root().join("infra/prometheus/alerts.yml"),
+            dir.join("alerts.yml"),
+        )?;
+        let mut command = Command::new("prometheus");
+        command
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let child = ManagedChild::spawn("prometheus", command, dir.join("prometheus.log"))?;
+        let prometheus = Self { port, child };
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/-/ready");
+        if !wait_until(Duration::from_secs(30), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
+        {
+            bail!(
+                "prometheus did not become ready:\n{}",
+                prometheus.child.logs()
+            );
+        }
+        Ok(prometheus)
+    }
+
+    /// Runs an instant query; returns the result vector, or the error Prometheus gave.
+    pub async fn query(&self, client: &reqwest::Client, expr: &str) -> anyhow::Result<Vec<Value>> {
+        let body: Value = client
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", expr)])
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["status"] != "success" {
+            bail!("{}: {}", body["errorType"], body["error"]);
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    pub fn logs(&self) -> String {
+        self.child.logs()
+    }
+}
