@@ -10,10 +10,13 @@
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
 //! - [`scenarios`]: the drill itself, one function per promise, and [`report`] its table.
+//! - [`bench`] and [`floor`]: the benchmark suite's pieces (`src/bin/bench.rs`).
 
 pub mod balancer;
+pub mod bench;
 pub mod cluster;
 pub mod database;
+pub mod floor;
 pub mod load;
 pub mod process;
 pub mod prometheus;

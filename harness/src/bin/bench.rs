@@ -1,0 +1,582 @@
+//! The benchmark suite: probe cost against a floor server, footprint, start-up, the data
+//! API and its scaling with data, and three replicas behind Traefik against one direct.
+//!
+//!   cargo build --release && cargo run --release -p cartae-harness --bin bench
+//!
+//! prints the table and rewrites the generated section of `BENCHMARKS.md`. Options:
+//! `--smoke` (a second or two per figure, no verdicts, writes `target/bench-smoke.md`;
+//! CI runs it), `--out <file.md>`, `--only <section substring>`.
+//!
+//! Every figure stands beside a baseline measured in the same run, because this machine
+//! is shared: absolute numbers move from run to run, ratios within one run hold. Servers
+//! under test are pinned to CPU 0 and `wrk` to CPU 1 when `taskset` exists. Every process
+//! the suite starts binds 127.0.0.1 on free ports and is killed by its PID on drop, so
+//! also when a step fails.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cartae_harness::balancer::{without_rate_limit, Balancer, BalancerKind};
+use cartae_harness::bench::{
+    cycle_script, ensure_wrk, machine, ms, pinned, rss_mib, run_wrk, table, thousands,
+    write_section, Figure, Load, Replica, ReplicaSpec, RssPeak, Stats, SERVER_CPU,
+};
+use cartae_harness::cluster::{release_binary, Cluster, Timings};
+use cartae_harness::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
+use cartae_harness::process::{free_port, wait_until, ManagedChild};
+use cartae_harness::proxy::TcpProxy;
+
+const PROBES: &str = "Probe cost";
+const FOOTPRINT: &str = "Footprint";
+const LB: &str = "Load balancer";
+
+/// Connections held open by the load generator in throughput runs.
+const CONNECTIONS: u32 = 32;
+/// The health-check interval of the replicas under test: shorter than production's 5 s
+/// so that a run spans several rounds and the round-trip count means something.
+const CHECK_INTERVAL_MS: u64 = 1000;
+
+struct Bench {
+    smoke: bool,
+    scratch: PathBuf,
+    binary: PathBuf,
+    client: reqwest::Client,
+    figures: Vec<Figure>,
+    /// Peak resident memory of the replica under load, across every run that loads it.
+    loaded_rss_mib: f64,
+    floor_loaded_rss_mib: f64,
+    floor_idle_rss_mib: f64,
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor") {
+        let port = args.get(2).context("--floor <port> <body>")?.parse()?;
+        return cartae_harness::floor::serve(port, args.get(3).cloned().unwrap_or_default());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let smoke = flag("--smoke");
+    let only = arg("--only");
+    ensure_wrk()?;
+    let binary = release_binary()?;
+    let root = cartae_harness::repo_root();
+    let scratch = root.join("target").join("bench-scratch").join(format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    ));
+    std::fs::create_dir_all(&scratch)?;
+    let machine = machine();
+    let started = Instant::now();
+    let mut bench = Bench {
+        smoke,
+        scratch: scratch.clone(),
+        binary,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        figures: Vec::new(),
+        loaded_rss_mib: 0.0,
+        floor_loaded_rss_mib: 0.0,
+        floor_idle_rss_mib: 0.0,
+    };
+    let wanted = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| section.to_lowercase().contains(&o.to_lowercase()))
+    };
+    let mut failures = Vec::new();
+    let mut outcome = |name: &str, result: anyhow::Result<()>| {
+        if let Err(e) = result {
+            eprintln!("   {name} failed: {e:#}");
+            failures.push(format!("{name}: {e:#}"));
+        }
+    };
+    if wanted("probes") {
+        eprintln!("== probes");
+        outcome("probes", probes(&mut bench).await);
+    }
+    if wanted("footprint") {
+        eprintln!("== footprint");
+        outcome("footprint", footprint(&mut bench).await);
+    }
+    if wanted("load balancer") {
+        eprintln!("== load balancer");
+        outcome("load balancer", load_balancer(&mut bench).await);
+    }
+    if wanted("footprint") && bench.loaded_rss_mib > 0.0 {
+        let loaded = bench.loaded_rss_mib;
+        bench.figures.push(
+            Figure::info(
+                FOOTPRINT,
+                "Resident memory under load",
+                format!("{loaded:.1} MiB"),
+            )
+            .baseline(format!(
+                "floor server: {:.1} MiB loaded, {:.1} MiB idle",
+                bench.floor_loaded_rss_mib, bench.floor_idle_rss_mib
+            ))
+            .target("< 64 MiB", loaded < 64.0),
+        );
+    }
+
+    let elapsed = started.elapsed();
+    let mut text = table(&bench.figures, smoke);
+    for f in &failures {
+        text.push_str(&format!("\nFAILED: {f}\n"));
+    }
+    println!("{text}");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let stamp = chrono_like_now();
+    let section = format!(
+        "Measured {stamp} at commit `{commit}` in {:.0} s{}.\n\nMachine: {machine}.\n\n{text}",
+        elapsed.as_secs_f64(),
+        if smoke {
+            " (smoke: a second or two per figure, not a measurement)"
+        } else {
+            ""
+        }
+    );
+    let out = arg("--out").map(PathBuf::from).unwrap_or_else(|| {
+        if smoke {
+            root.join("target").join("bench-smoke.md")
+        } else {
+            root.join("BENCHMARKS.md")
+        }
+    });
+    write_section(&out, &section)?;
+    eprintln!("wrote {} ({:.0} s)", out.display(), elapsed.as_secs_f64());
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    } else {
+        eprintln!("logs kept in {}", scratch.display());
+        bail!("{} step(s) failed", failures.len());
+    }
+    Ok(())
+}
+
+/// UTC date and time, without pulling a date crate into the harness.
+fn chrono_like_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Bench {
+    fn duration(&self) -> Duration {
+        if self.smoke {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    fn passes(&self) -> usize {
+        if self.smoke {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn spec(&self, name: &str, database_url: String, redis_url: String) -> ReplicaSpec {
+        ReplicaSpec {
+            name: name.to_owned(),
+            database_url,
+            redis_url,
+            cpus: Some(SERVER_CPU),
+            env: vec![
+                (
+                    "HEALTH_CHECK_INTERVAL_MS".into(),
+                    CHECK_INTERVAL_MS.to_string(),
+                ),
+                (
+                    "HEALTH_CHECK_TIMEOUT_MS".into(),
+                    (CHECK_INTERVAL_MS / 2).to_string(),
+                ),
+            ],
+        }
+    }
+
+    async fn replica(&self, spec: &ReplicaSpec) -> anyhow::Result<(Replica, Duration)> {
+        let mut replica = Replica::spawn(&self.binary, spec, &self.scratch)?;
+        let ready = replica
+            .wait_ready(&self.client, Duration::from_secs(30))
+            .await?;
+        Ok((replica, ready))
+    }
+
+    /// The floor server, pinned like the replicas, answering `body` on `/live`.
+    async fn floor(&self, body: &str) -> anyhow::Result<(ManagedChild, u16, Duration)> {
+        let port = free_port();
+        let exe = std::env::current_exe()?;
+        let mut command = pinned(&exe, Some(SERVER_CPU));
+        command.arg("--floor").arg(port.to_string()).arg(body);
+        let spawned = Instant::now();
+        let child = ManagedChild::spawn("floor", command, self.scratch.join("floor.log"))?;
+        let url = format!("http://127.0.0.1:{port}/live");
+        let client = &self.client;
+        let up = wait_until(Duration::from_secs(10), || async {
+            client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        if !up {
+            bail!("the floor server did not answer:\n{}", child.logs());
+        }
+        Ok((child, port, spawned.elapsed()))
+    }
+
+    async fn load(&self, load: &Load) -> anyhow::Result<Stats> {
+        run_wrk(load, &self.scratch).await
+    }
+}
+
+fn best(a: Option<Stats>, b: Stats) -> Option<Stats> {
+    Some(match a {
+        Some(a) if a.rps >= b.rps => a,
+        _ => b,
+    })
+}
+
+/// `/live`, `/ready`, `/health` on one replica against the floor server; PostgreSQL round
+/// trips under a `/health` storm against the same replica left idle.
+async fn probes(bench: &mut Bench) -> anyhow::Result<()> {
+    let database = TestDatabase::create().await?;
+    let pg = TcpProxy::start(PG_ADDR.parse()?, true).await;
+    let spec = bench.spec(
+        "probes",
+        pg_url(&pg.addr.to_string(), &database.name),
+        format!("redis://{REDIS_ADDR}"),
+    );
+    let (replica, _) = bench.replica(&spec).await?;
+    let pid = replica.pid();
+    let body = bench
+        .client
+        .get(replica.url("/live"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let (floor, floor_port, _) = bench.floor(&body).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bench.floor_idle_rss_mib = rss_mib(floor.pid()).unwrap_or(0.0);
+
+    // Idle baseline for the round trips: the same replica, the same span, no requests.
+    let span = bench.duration() * bench.passes() as u32;
+    let q0 = pg.queries();
+    tokio::time::sleep(span).await;
+    let idle_queries = pg.queries() - q0;
+
+    let floor_url = format!("http://127.0.0.1:{floor_port}/live");
+    let (mut floor_best, mut live, mut ready, mut health) = (None, None, None, None);
+    let (mut health_queries, mut health_requests) = (0, 0);
+    let rss = RssPeak::start(pid);
+    let floor_rss = RssPeak::start(floor.pid());
+    let d = bench.duration();
+    for pass in 0..bench.passes() {
+        eprintln!("   pass {}", pass + 1);
+        floor_best = best(
+            floor_best,
+            bench
+                .load(&Load::get(floor_url.clone(), CONNECTIONS, d))
+                .await?,
+        );
+        live = best(
+            live,
+            bench
+                .load(&Load::get(replica.url("/live"), CONNECTIONS, d))
+                .await?,
+        );
+        ready = best(
+            ready,
+            bench
+                .load(&Load::get(replica.url("/ready"), CONNECTIONS, d))
+                .await?,
+        );
+        let q = pg.queries();
+        let h = bench
+            .load(&Load::get(replica.url("/health"), CONNECTIONS, d))
+            .await?;
+        health_queries += pg.queries() - q;
+        health_requests += h.requests;
+        health = best(health, h);
+    }
+    bench.loaded_rss_mib = bench.loaded_rss_mib.max(rss.peak_mib());
+    bench.floor_loaded_rss_mib = floor_rss.peak_mib();
+    drop((rss, floor_rss, floor));
+    let (floor_s, live, ready, health) = (
+        floor_best.context("no floor run")?,
+        live.context("no /live run")?,
+        ready.context("no /ready run")?,
+        health.context("no /health run")?,
+    );
+    let note = format!(
+        "best of {} runs of {} s, {CONNECTIONS} connections",
+        bench.passes(),
+        d.as_secs()
+    );
+    bench.figures.push(
+        Figure::info(PROBES, "Floor server GET /live", floor_s.text()).baseline(note.clone()),
+    );
+    let r = live.rps / floor_s.rps;
+    bench.figures.push(
+        Figure::info(PROBES, "GET /live", live.text())
+            .baseline(format!("floor: {} req/s", thousands(floor_s.rps)))
+            .ratio(r)
+            .target(">= 90 % of floor", r >= 0.90),
+    );
+    bench.figures.push(
+        Figure::info(PROBES, "GET /ready", ready.text())
+            .baseline(format!("/live: {} req/s", thousands(live.rps)))
+            .ratio(ready.rps / live.rps),
+    );
+    let r = health.rps / live.rps;
+    bench.figures.push(
+        Figure::info(PROBES, "GET /health", health.text())
+            .baseline(format!("/live: {} req/s", thousands(live.rps)))
+            .ratio(r)
+            .target(">= 80 % of /live", r >= 0.80),
+    );
+    let health_secs = (d * bench.passes() as u32).as_secs_f64();
+    let per_1000 = health_queries as f64 * 1000.0 / health_requests.max(1) as f64;
+    let rounds = health_secs * 1000.0 / CHECK_INTERVAL_MS as f64;
+    // One round trip per round, plus one round in flight at either end.
+    let bound = rounds + 2.0;
+    bench.figures.push(
+        Figure::info(
+            PROBES,
+            "PostgreSQL round trips per 1,000 /health",
+            format!(
+                "{per_1000:.4} ({health_queries} in {} requests over {health_secs:.0} s)",
+                thousands(health_requests as f64)
+            ),
+        )
+        .baseline(format!(
+            "idle, same span: {idle_queries}; check interval {CHECK_INTERVAL_MS} ms"
+        ))
+        .target(
+            format!("<= 1 per check round ({bound:.0})"),
+            (health_queries as f64) <= bound,
+        ),
+    );
+    Ok(())
+}
+
+/// Start-up time (migrations applied and fresh database), binary size, idle memory.
+async fn footprint(bench: &mut Bench) -> anyhow::Result<()> {
+    let size = std::fs::metadata(&bench.binary)?.len() as f64 / 1024.0 / 1024.0;
+    let floor_bin = bench.binary.with_file_name("floor-server");
+    let floor_size = std::fs::metadata(&floor_bin)
+        .map(|m| format!("floor-server: {:.1} MiB", m.len() as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|_| "floor-server not built".into());
+    bench.figures.push(
+        Figure::info(FOOTPRINT, "Release binary size", format!("{size:.1} MiB"))
+            .baseline(floor_size),
+    );
+
+    let runs = if bench.smoke { 1 } else { 3 };
+    let redis = format!("redis://{REDIS_ADDR}");
+    let mut fresh = Vec::new();
+    let mut migrated = Vec::new();
+    let mut idle_rss = 0.0;
+    let database = TestDatabase::create().await?;
+    for i in 0..runs {
+        // A new, empty database each time: every migration runs.
+        let empty = TestDatabase::create().await?;
+        let spec = bench.spec("fresh", pg_url(PG_ADDR, &empty.name), redis.clone());
+        let (replica, t) = bench.replica(&spec).await?;
+        fresh.push(t);
+        drop(replica);
+        if i == 0 {
+            // Migrate the database the "applied" runs use.
+            let spec = bench.spec("migrate", pg_url(PG_ADDR, &database.name), redis.clone());
+            drop(bench.replica(&spec).await?);
+        }
+        let spec = bench.spec("migrated", pg_url(PG_ADDR, &database.name), redis.clone());
+        let (replica, t) = bench.replica(&spec).await?;
+        migrated.push(t);
+        if i == runs - 1 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            idle_rss = rss_mib(replica.pid()).unwrap_or(0.0);
+        }
+    }
+    let (_floor, _, floor_start) = bench.floor("{}").await?;
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m, f) = (median(&mut migrated), median(&mut fresh));
+    let msf = |d: Duration| format!("{} ms", ms(d.as_secs_f64() * 1000.0));
+    bench.figures.push(
+        Figure::info(
+            FOOTPRINT,
+            "Start-up, exec to /ready 200, migrations applied",
+            format!("{} (median of {runs})", msf(m)),
+        )
+        .baseline(format!(
+            "floor server exec to first 200: {}",
+            msf(floor_start)
+        ))
+        .target("< 1 s", m < Duration::from_secs(1)),
+    );
+    bench.figures.push(
+        Figure::info(
+            FOOTPRINT,
+            "Start-up, exec to /ready 200, fresh database",
+            format!("{} (median of {runs})", msf(f)),
+        )
+        .baseline(format!("migrations applied: {}", msf(m)))
+        .target("< 3 s", f < Duration::from_secs(3)),
+    );
+    bench.figures.push(
+        Figure::info(
+            FOOTPRINT,
+            "Resident memory idle",
+            format!("{idle_rss:.1} MiB"),
+        )
+        .baseline(if bench.floor_idle_rss_mib > 0.0 {
+            format!("floor server idle: {:.1} MiB", bench.floor_idle_rss_mib)
+        } else {
+            String::new()
+        })
+        .target("< 20 MiB", idle_rss < 20.0),
+    );
+    Ok(())
+}
+
+/// The mixed workload on one replica directly, then on three behind real Traefik.
+async fn load_balancer(bench: &mut Bench) -> anyhow::Result<()> {
+    let dir = bench.scratch.join("cluster");
+    let timings = Timings {
+        check_interval: Duration::from_millis(CHECK_INTERVAL_MS),
+        check_timeout: Duration::from_millis(500),
+        ..Timings::default()
+    };
+    let cluster = Cluster::start(timings, &dir).await?;
+    let balancer = Balancer::start_with(
+        BalancerKind::Traefik,
+        &cluster,
+        &dir.join("traefik"),
+        without_rate_limit,
+    )
+    .await?;
+    let (requests, what) = mixed_workload(bench, &cluster.instances[0].url("")).await?;
+    for base in [cluster.instances[0].url(""), balancer.url("")] {
+        check_requests(&bench.client, &base, &requests, &[]).await?;
+    }
+    let script = cycle_script(&requests, &[]);
+    let d = bench.duration();
+    let run = |base: String| Load {
+        url: base,
+        connections: CONNECTIONS,
+        duration: d,
+        script: Some(script.clone()),
+        headers: Vec::new(),
+        // Everything shares the two CPUs here: three replicas and Traefik cannot be
+        // pinned apart from the load generator on this machine.
+        cpus: None,
+    };
+    let (mut direct, mut through) = (None, None);
+    for _ in 0..bench.passes() {
+        direct = best(
+            direct,
+            bench.load(&run(cluster.instances[0].url(""))).await?,
+        );
+        through = best(through, bench.load(&run(balancer.url(""))).await?);
+    }
+    let (direct, through) = (direct.context("no run")?, through.context("no run")?);
+    bench.figures.push(
+        Figure::info(LB, format!("1 replica direct, {what}"), direct.text())
+            .baseline("unpinned: replicas, Traefik and wrk share every CPU"),
+    );
+    bench.figures.push(
+        Figure::info(
+            LB,
+            format!("3 replicas behind Traefik, {what}"),
+            through.text(),
+        )
+        .baseline(format!(
+            "direct: {} req/s, p99 {} ms",
+            thousands(direct.rps),
+            ms(direct.p99_ms)
+        ))
+        .ratio(through.rps / direct.rps),
+    );
+    drop(balancer);
+    drop(cluster);
+    Ok(())
+}
+
+/// The mixed workload: probes only until the data API exists.
+async fn mixed_workload(
+    _bench: &Bench,
+    _base: &str,
+) -> anyhow::Result<(Vec<(&'static str, String, Option<String>)>, String)> {
+    Ok((
+        vec![
+            ("GET", "/live".into(), None),
+            ("GET", "/ready".into(), None),
+            ("GET", "/health".into(), None),
+        ],
+        "probe mix (/live, /ready, /health)".into(),
+    ))
+}
+
+/// Sends each request of a workload once and fails unless every answer is a success: a
+/// throughput figure made of error responses would mean nothing.
+async fn check_requests(
+    client: &reqwest::Client,
+    base: &str,
+    requests: &[(&'static str, String, Option<String>)],
+    headers: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    for (method, path, body) in requests {
+        let mut request = client.request(method.parse()?, format!("{base}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "{method} {base}{path} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
