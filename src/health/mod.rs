@@ -109,6 +109,9 @@ pub struct Snapshot {
     pub checked_instant: Instant,
     /// Rounds completed so far; 0 means no round has run yet.
     pub round: u64,
+    /// The JSON of the parts of a probe's answer that only change once per round,
+    /// serialised by the first probe that needs them and reused by every later one.
+    pub(crate) rendered: routes::RenderCache,
 }
 
 /// Overall status, as in the seed.
@@ -269,6 +272,7 @@ mod tests {
             checked_at: Utc::now(),
             checked_instant: Instant::now(),
             round: 1,
+            rendered: Default::default(),
         }
     }
 

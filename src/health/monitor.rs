@@ -78,6 +78,7 @@ impl Monitor {
             },
             checked_at: Utc::now(),
             checked_instant: Instant::now(),
+            rendered: Default::default(),
             round: 0,
         };
         let (publish, latest) = watch::channel(Arc::new(initial));
@@ -148,6 +149,7 @@ impl Monitor {
             },
             checked_at: Utc::now(),
             checked_instant: Instant::now(),
+            rendered: Default::default(),
             round: self.round,
         }
     }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub request_distribution: IntCounter,
     pub active_connections: IntGauge,
     pub request_duration: HistogramVec,
+    /// The children of the two vectors above, resolved once per (route, method, status).
+    request_series: middleware::RequestSeries,
     pub instance_health: Gauge,
     pub health_check_duration: HistogramVec,
     pub health_check_failures: IntCounterVec,
@@ -210,6 +212,7 @@ impl Metrics {
             request_distribution,
             active_connections,
             request_duration,
+            request_series: middleware::RequestSeries::default(),
             instance_health,
             health_check_duration,
             health_check_failures,
