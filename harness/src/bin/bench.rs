@@ -24,12 +24,15 @@ use cartae_harness::bench::{
 };
 use cartae_harness::cluster::{release_binary, Cluster, Timings};
 use cartae_harness::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
+use cartae_harness::load::Workload;
 use cartae_harness::process::{free_port, wait_until, ManagedChild};
 use cartae_harness::proxy::TcpProxy;
 
 const PROBES: &str = "Probe cost";
 const FOOTPRINT: &str = "Footprint";
 const LB: &str = "Load balancer";
+const DATA: &str = "Data API";
+const SCALING: &str = "Scaling";
 
 /// Connections held open by the load generator in throughput runs.
 const CONNECTIONS: u32 = 32;
@@ -117,6 +120,14 @@ async fn run() -> anyhow::Result<()> {
     if wanted("footprint") {
         eprintln!("== footprint");
         outcome("footprint", footprint(&mut bench).await);
+    }
+    if wanted("data api") {
+        eprintln!("== data api");
+        outcome("data api", data_api(&mut bench).await);
+    }
+    if wanted("scaling") {
+        eprintln!("== scaling");
+        outcome("scaling", scaling(&mut bench).await);
     }
     if wanted("load balancer") {
         eprintln!("== load balancer");
@@ -489,11 +500,16 @@ async fn load_balancer(bench: &mut Bench) -> anyhow::Result<()> {
         without_rate_limit,
     )
     .await?;
-    let (requests, what) = mixed_workload(bench, &cluster.instances[0].url("")).await?;
+    let (requests, token, what) = mixed_workload(bench, &cluster.instances[0].url("")).await?;
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
     for base in [cluster.instances[0].url(""), balancer.url("")] {
-        check_requests(&bench.client, &base, &requests, &[]).await?;
+        check_requests(&bench.client, &base, &requests, &headers).await?;
     }
-    let script = cycle_script(&requests, &[]);
+    let script = cycle_script(&requests, &headers);
     let d = bench.duration();
     let run = |base: String| Load {
         url: base,
@@ -536,19 +552,60 @@ async fn load_balancer(bench: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The mixed workload: probes only until the data API exists.
+type Request = (&'static str, String, Option<String>);
+
+/// The drill's mix (6 reads, 2 writes, 2 searches out of 10) for the user and items
+/// `Workload::prepare` creates.
+fn mixed_requests(workload: &Workload) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for i in 0..10 {
+        let n = i % workload.item_ids.len();
+        requests.push(match i {
+            0..=5 => ("GET", format!("/api/items/{}", workload.item_ids[n]), None),
+            6 | 7 => (
+                "POST",
+                "/api/items".to_owned(),
+                Some(format!(
+                    r#"{{"type":"note","title":"bench mixed {i}","content":"written by the bench","tags":["bench"]}}"#
+                )),
+            ),
+            _ => (
+                "GET",
+                format!(
+                    "/api/search?q={}",
+                    workload.search_terms[n % workload.search_terms.len()]
+                ),
+                None,
+            ),
+        });
+    }
+    requests
+}
+
+/// The mixed workload: the data API's mix when it answers, else the probes.
 async fn mixed_workload(
-    _bench: &Bench,
-    _base: &str,
-) -> anyhow::Result<(Vec<(&'static str, String, Option<String>)>, String)> {
-    Ok((
-        vec![
-            ("GET", "/live".into(), None),
-            ("GET", "/ready".into(), None),
-            ("GET", "/health".into(), None),
-        ],
-        "probe mix (/live, /ready, /health)".into(),
-    ))
+    bench: &Bench,
+    base: &str,
+) -> anyhow::Result<(Vec<Request>, Option<String>, String)> {
+    match Workload::prepare(&bench.client, base).await {
+        Ok(workload) => Ok((
+            mixed_requests(&workload),
+            Some(workload.token),
+            "mixed data workload (6 item reads, 2 writes, 2 searches)".into(),
+        )),
+        Err(e) => {
+            eprintln!("   no data API ({e:#}): the probe mix instead");
+            Ok((
+                vec![
+                    ("GET", "/live".into(), None),
+                    ("GET", "/ready".into(), None),
+                    ("GET", "/health".into(), None),
+                ],
+                None,
+                "probe mix (/live, /ready, /health)".into(),
+            ))
+        }
+    }
 }
 
 /// Sends each request of a workload once and fails unless every answer is a success: a
@@ -556,7 +613,7 @@ async fn mixed_workload(
 async fn check_requests(
     client: &reqwest::Client,
     base: &str,
-    requests: &[(&'static str, String, Option<String>)],
+    requests: &[Request],
     headers: &[(&str, &str)],
 ) -> anyhow::Result<()> {
     for (method, path, body) in requests {
@@ -578,5 +635,431 @@ async fn check_requests(
             );
         }
     }
+    Ok(())
+}
+
+fn gets(paths: impl IntoIterator<Item = String>) -> Vec<Request> {
+    paths.into_iter().map(|p| ("GET", p, None)).collect()
+}
+
+/// The paths of the first `pages` pages of the item list, following `nextCursor`.
+async fn cursor_pages(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    limit: usize,
+    pages: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut paths = vec![format!("/api/items?limit={limit}")];
+    while paths.len() < pages {
+        let last = paths.last().context("no page")?;
+        let page: serde_json::Value = client
+            .get(format!("{base}{last}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let Some(cursor) = page["nextCursor"].as_str() else {
+            break;
+        };
+        paths.push(format!("/api/items?limit={limit}&cursor={cursor}"));
+    }
+    Ok(paths)
+}
+
+impl Bench {
+    /// A wrk run of `requests` in a cycle, with the bearer token, against `base`.
+    async fn cycle(
+        &self,
+        base: &str,
+        requests: &[Request],
+        auth: &str,
+        connections: u32,
+    ) -> anyhow::Result<Stats> {
+        let headers = [("Authorization", auth)];
+        check_requests(&self.client, base, requests, &headers).await?;
+        self.load(&Load {
+            url: base.to_owned(),
+            connections,
+            duration: self.duration(),
+            script: Some(cycle_script(requests, &headers)),
+            headers: Vec::new(),
+            cpus: Some(cartae_harness::bench::LOAD_CPU),
+        })
+        .await
+    }
+}
+
+/// Item reads with the cache hit, missed every time, and with Redis down; writes, the
+/// list with a cursor and search, each beside its cache-off run or `/live`.
+async fn data_api(bench: &mut Bench) -> anyhow::Result<()> {
+    let database = TestDatabase::create().await?;
+    let redis = format!("redis://{REDIS_ADDR}");
+    let db_url = pg_url(PG_ADDR, &database.name);
+    let spec = bench.spec("data", db_url.clone(), redis.clone());
+    let (replica, _) = bench.replica(&spec).await?;
+    let base = replica.url("");
+    let workload = match Workload::prepare(&bench.client, &base).await {
+        Ok(w) => w,
+        Err(e) => {
+            bench.figures.push(Figure::missing(
+                DATA,
+                "every data API figure",
+                format!("the data API does not answer: {e:#}"),
+            ));
+            return Ok(());
+        }
+    };
+    let auth = format!("Bearer {}", workload.token);
+    let reads = gets(workload.item_ids.iter().map(|id| format!("/api/items/{id}")));
+    let pages = cursor_pages(&bench.client, &base, &workload.token, 4, 5).await?;
+    let list = gets(pages);
+    let search = gets(
+        workload
+            .search_terms
+            .iter()
+            .map(|t| format!("/api/search?q={t}")),
+    );
+    let post: Vec<Request> = vec![(
+        "POST",
+        "/api/items".into(),
+        Some(r#"{"type":"note","title":"bench write","content":"written by the bench","tags":["bench"]}"#.into()),
+    )];
+    let c = CONNECTIONS;
+    let rss = RssPeak::start(replica.pid());
+    let live = bench
+        .load(&Load::get(replica.url("/live"), c, bench.duration()))
+        .await?;
+    let hit = bench.cycle(&base, &reads, &auth, c).await?;
+    let list_on = bench.cycle(&base, &list, &auth, c).await?;
+    let search_on = bench.cycle(&base, &search, &auth, c).await?;
+    // Last: every write bumps the user's cache generation.
+    let write = bench.cycle(&base, &post, &auth, c).await?;
+    bench.loaded_rss_mib = bench.loaded_rss_mib.max(rss.peak_mib());
+    drop(rss);
+    drop(replica);
+
+    // Cache off: entries expire 1 ms after they are written, so every read misses and
+    // goes to PostgreSQL (then writes the entry back, as a miss does).
+    let mut off_spec = bench.spec("cache-off", db_url.clone(), redis.clone());
+    off_spec.env.push(("CACHE_ITEM_TTL_MS".into(), "1".into()));
+    off_spec.env.push(("CACHE_QUERY_TTL_MS".into(), "1".into()));
+    let (off_replica, _) = bench.replica(&off_spec).await?;
+    let off_base = off_replica.url("");
+    let off = bench.cycle(&off_base, &reads, &auth, c).await?;
+    let list_off = bench.cycle(&off_base, &list, &auth, c).await?;
+    let search_off = bench.cycle(&off_base, &search, &auth, c).await?;
+    drop(off_replica);
+
+    // Redis down: the replica reaches Redis through a proxy that refuses everything.
+    let cut = TcpProxy::start(REDIS_ADDR.parse()?, false).await;
+    cut.set_mode(cartae_harness::proxy::Mode::Cut);
+    let down_spec = bench.spec("redis-down", db_url, format!("redis://{}", cut.addr));
+    let (down_replica, _) = bench.replica(&down_spec).await?;
+    let down = bench.cycle(&down_replica.url(""), &reads, &auth, c).await?;
+    drop(down_replica);
+
+    let rps = |s: &Stats| format!("{} req/s, p99 {} ms", thousands(s.rps), ms(s.p99_ms));
+    bench.figures.push(
+        Figure::info(DATA, "GET /api/items/{id}, cache hit", hit.text())
+            .baseline(format!("cache off: {}", rps(&off)))
+            .ratio(hit.rps / off.rps)
+            .target("faster than cache off", hit.rps > off.rps),
+    );
+    bench.figures.push(
+        Figure::info(
+            DATA,
+            "GET /api/items/{id}, cache off (CACHE_ITEM_TTL_MS=1: every read misses)",
+            off.text(),
+        )
+        .baseline(format!("GET /live, same build: {}", rps(&live)))
+        .ratio(off.rps / live.rps),
+    );
+    bench.figures.push(
+        Figure::info(
+            DATA,
+            "GET /api/items/{id}, Redis down (proxy refusing)",
+            down.text(),
+        )
+        .baseline(format!("cache off: {}", rps(&off)))
+        .ratio(down.rps / off.rps),
+    );
+    bench.figures.push(
+        Figure::info(DATA, "POST /api/items", write.text())
+            .baseline(format!("GET /live: {}", rps(&live)))
+            .ratio(write.rps / live.rps),
+    );
+    bench.figures.push(
+        Figure::info(
+            DATA,
+            "GET /api/items?limit=4, 5 pages by cursor, cache on",
+            list_on.text(),
+        )
+        .baseline(format!("cache off: {}", rps(&list_off)))
+        .ratio(list_on.rps / list_off.rps),
+    );
+    bench.figures.push(
+        Figure::info(DATA, "GET /api/search?q=, 4 terms, cache on", search_on.text())
+            .baseline(format!("cache off: {}", rps(&search_off)))
+            .ratio(search_on.rps / search_off.rps),
+    );
+    Ok(())
+}
+
+/// Rows for one user's items with `generate_series`: `g` from `from` to `to`, one second
+/// apart, a title term in 0.1 % of them ("quarterly") and a body term in 1 % ("roadmap").
+const INSERT_ITEMS: &str = r#"
+INSERT INTO items (id, user_id, type, title, content, tags, created_at, updated_at)
+SELECT gen_random_uuid(), u.id,
+       (ARRAY['note', 'task', 'email', 'document'])[1 + g % 4],
+       'item ' || g || CASE WHEN g % 1000 = 0 THEN ' quarterly' ELSE '' END,
+       'body of item ' || g || CASE WHEN g % 100 = 0 THEN ' roadmap' ELSE '' END,
+       ARRAY['bench', 'tag' || (g % 50)],
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' + u.k * interval '1 millisecond',
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' + u.k * interval '1 millisecond'
+FROM generate_series($2::int, $3::int) AS g
+JOIN (SELECT id, (row_number() OVER (ORDER BY email))::int - 1 AS k
+      FROM users WHERE email LIKE $1) AS u
+  ON g % $4::int = u.k % $4::int
+"#;
+
+struct Latency {
+    stats: Stats,
+}
+
+impl Latency {
+    fn text(&self) -> String {
+        format!(
+            "p50 {} ms, p99 {} ms",
+            ms(self.stats.p50_ms),
+            ms(self.stats.p99_ms)
+        )
+    }
+}
+
+/// List-page and search latency as one user's items grow, among other users' items;
+/// keyset pages against what OFFSET would cost, measured in SQL.
+async fn scaling(bench: &mut Bench) -> anyhow::Result<()> {
+    use sqlx::{Executor, Row};
+    let (stages, others): (&[i32], i32) = if bench.smoke {
+        (&[1_000, 10_000], 10_000)
+    } else {
+        (&[10_000, 100_000, 1_000_000], 100_000)
+    };
+    let database = TestDatabase::create().await?;
+    let mut spec = bench.spec(
+        "scaling",
+        pg_url(PG_ADDR, &database.name),
+        format!("redis://{REDIS_ADDR}"),
+    );
+    // Pages expire at once: each request runs its query, which is what scales.
+    spec.env.push(("CACHE_QUERY_TTL_MS".into(), "1".into()));
+    let (replica, _) = bench.replica(&spec).await?;
+    let base = replica.url("");
+    let email = format!("scaling-{}@example.com", uuid::Uuid::new_v4().simple());
+    let credentials = serde_json::json!({"email": email, "password": "scaling-password-0123456789"});
+    let registered = bench
+        .client
+        .post(format!("{base}/api/auth/register"))
+        .json(&credentials)
+        .send()
+        .await?;
+    if registered.status() != 201 {
+        bench.figures.push(Figure::missing(
+            SCALING,
+            "every scaling figure",
+            format!("the data API does not answer (register: {})", registered.status()),
+        ));
+        return Ok(());
+    }
+    let login: serde_json::Value = bench
+        .client
+        .post(format!("{base}/api/auth/login"))
+        .json(&credentials)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = login["token"].as_str().context("no token")?.to_owned();
+    let auth = format!("Bearer {token}");
+    let mut conn = database.connect().await?;
+    conn.execute("SET synchronous_commit = off").await?;
+    conn.execute("SET maintenance_work_mem = '256MB'").await?;
+    let user: String = sqlx::query("SELECT id::text FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(&mut conn)
+        .await?
+        .get(0);
+    let loading = Instant::now();
+    conn.execute(
+        "INSERT INTO users (id, email, password_hash)
+         SELECT gen_random_uuid(), 'other-' || g || '@example.com', 'not a hash'
+         FROM generate_series(1, 10) AS g",
+    )
+    .await?;
+    sqlx::query(INSERT_ITEMS)
+        .bind("other-%")
+        .bind(1)
+        .bind(others)
+        .bind(10)
+        .execute(&mut conn)
+        .await?;
+    let mut loaded = 0;
+    let mut first_at_smallest: Option<(Stats, Stats)> = None;
+    let latency_run = bench.duration().min(Duration::from_secs(3));
+    let c1 = |url: String| Load {
+        url,
+        connections: 1,
+        duration: latency_run,
+        script: None,
+        headers: vec![format!("Authorization: {auth}")],
+        cpus: Some(cartae_harness::bench::LOAD_CPU),
+    };
+    for &n in stages {
+        let started = Instant::now();
+        sqlx::query(INSERT_ITEMS)
+            .bind(&email)
+            .bind(loaded + 1)
+            .bind(n)
+            .bind(1)
+            .execute(&mut conn)
+            .await?;
+        conn.execute("ANALYZE items").await?;
+        loaded = n;
+        let load_secs = started.elapsed().as_secs_f64();
+        // The last item of the page before the one at 90 % depth.
+        let depth = (n as f64 * 0.9) as i64;
+        let row = sqlx::query(
+            "SELECT (extract(epoch FROM created_at) * 1000000)::bigint, id::text FROM items
+             WHERE user_id = $1::uuid ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
+        )
+        .bind(&user)
+        .bind(depth - 1)
+        .fetch_one(&mut conn)
+        .await?;
+        let (micros, id): (i64, String) = (row.get(0), row.get(1));
+        let cursor = cartae_harness::bench::base64url(format!("v1:{micros}:{id}").as_bytes());
+        let first_path = "/api/items?limit=50".to_owned();
+        let deep_path = format!("/api/items?limit=50&cursor={cursor}");
+        let search_path = "/api/search?q=quarterly".to_owned();
+        let deep: serde_json::Value = bench
+            .client
+            .get(format!("{base}{deep_path}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if deep["items"].as_array().map(Vec::len) != Some(50) {
+            bail!("the deep page did not answer 50 items: the cursor format changed? {deep}");
+        }
+        let first = bench.load(&c1(format!("{base}{first_path}"))).await?;
+        let deep = bench.load(&c1(format!("{base}{deep_path}"))).await?;
+        let search = bench.load(&c1(format!("{base}{search_path}"))).await?;
+
+        // The same pages in SQL: keyset, and OFFSET at the same depth.
+        let keyset_sql = "SELECT * FROM items WHERE user_id = $1::uuid
+             AND (created_at, id) < (timestamptz 'epoch' + $2::bigint * interval '1 microsecond', $3::uuid)
+             ORDER BY created_at DESC, id DESC LIMIT 51";
+        let offset_sql = "SELECT * FROM items WHERE user_id = $1::uuid
+             ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 51";
+        let mut keyset_ms = Vec::new();
+        let mut offset_ms = Vec::new();
+        for _ in 0..6 {
+            let t = Instant::now();
+            let rows = sqlx::query(keyset_sql)
+                .bind(&user)
+                .bind(micros)
+                .bind(&id)
+                .fetch_all(&mut conn)
+                .await?;
+            keyset_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let offset_rows = sqlx::query(offset_sql)
+                .bind(&user)
+                .bind(depth)
+                .fetch_all(&mut conn)
+                .await?;
+            offset_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            if rows.len() != offset_rows.len() {
+                bail!("keyset and OFFSET pages differ in length");
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.remove(0); // the first run warms the cache
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let (k, o) = (median(&mut keyset_ms), median(&mut offset_ms));
+
+        let label = thousands(n as f64);
+        let smallest = first_at_smallest
+            .get_or_insert((first.clone(), search.clone()))
+            .clone();
+        let first_l = Latency { stats: first };
+        let deep_l = Latency { stats: deep };
+        let search_l = Latency { stats: search };
+        bench.figures.push(
+            Figure::info(
+                SCALING,
+                format!("{label} items: list page 1 (limit 50)"),
+                first_l.text(),
+            )
+            .baseline(format!(
+                "at {}: p50 {} ms; loaded in {load_secs:.1} s",
+                thousands(stages[0] as f64),
+                ms(smallest.0.p50_ms)
+            ))
+            .ratio(first_l.stats.p50_ms / smallest.0.p50_ms),
+        );
+        let flat = deep_l.stats.p50_ms <= 2.0 * first_l.stats.p50_ms;
+        bench.figures.push(
+            Figure::info(
+                SCALING,
+                format!("{label} items: list page at 90 % depth (cursor)"),
+                deep_l.text(),
+            )
+            .baseline(format!("page 1: p50 {} ms", ms(first_l.stats.p50_ms)))
+            .ratio(deep_l.stats.p50_ms / first_l.stats.p50_ms)
+            .target("flat: <= 2x page 1", flat),
+        );
+        bench.figures.push(
+            Figure::info(
+                SCALING,
+                format!("{label} items: OFFSET {depth} in SQL (what OFFSET paging would cost)"),
+                format!("{} ms", ms(o)),
+            )
+            .baseline(format!("keyset at the same depth in SQL: {} ms", ms(k)))
+            .ratio(o / k),
+        );
+        bench.figures.push(
+            Figure::info(
+                SCALING,
+                format!("{label} items: search \"quarterly\" (0.1 % of them)"),
+                search_l.text(),
+            )
+            .baseline(format!(
+                "at {}: p50 {} ms",
+                thousands(stages[0] as f64),
+                ms(smallest.1.p50_ms)
+            ))
+            .ratio(search_l.stats.p50_ms / smallest.1.p50_ms),
+        );
+    }
+    bench.figures.push(Figure::info(
+        SCALING,
+        "Data generated and loaded (generate_series)",
+        format!(
+            "{} items of one user among {} of 10 others, {:.0} s in all",
+            thousands(loaded as f64),
+            thousands(others as f64),
+            loading.elapsed().as_secs_f64()
+        ),
+    ));
+    drop(replica);
     Ok(())
 }
