@@ -4,7 +4,13 @@
 //! Each resource module exports `router()`; add a new one to [`routes`] and it inherits
 //! request ids, tracing, metrics, the body limit and JSON errors.
 
+pub mod auth;
 pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod items;
+pub mod openapi;
+pub mod search;
 
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-pub use error::{ApiError, ApiResult, FieldError};
+pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
 
 use crate::metrics::track_requests;
 use crate::state::AppState;
@@ -36,7 +42,14 @@ fn is_probe(path: &str) -> bool {
 
 /// Every route of the API port, before middleware.
 fn routes() -> Router<AppState> {
-    Router::new().merge(crate::health::router())
+    let api = Router::new()
+        .merge(auth::router())
+        .merge(items::router())
+        .merge(search::router())
+        .merge(openapi::router());
+    Router::new()
+        .merge(crate::health::router())
+        .nest("/api", api)
 }
 
 async fn not_found() -> ApiError {
