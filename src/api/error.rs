@@ -50,6 +50,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("unprocessable: {0}")]
     Unprocessable(String),
+    /// Not serving yet (start-up: migrations not applied): retryable, so 503.
+    #[error("starting")]
+    Starting,
     /// PostgreSQL is unreachable or the pool is exhausted: retryable, so 503.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -117,7 +120,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +140,7 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 ("database unavailable, retry later".to_owned(), Vec::new())
             }
+            ApiError::Starting => ("starting, retry later".to_owned(), Vec::new()),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 ("internal error".to_owned(), Vec::new())
             }

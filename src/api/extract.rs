@@ -43,11 +43,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Err(e) => {
             let path = json_path(e.path());
             let inner = e.into_inner();
-            return Err(match inner.classify() {
-                serde_json::error::Category::Data => {
+            // Some shape errors surface as syntax errors (an array where a struct is
+            // expected): well-formed JSON is never "malformed".
+            let is_data = inner.classify() == serde_json::error::Category::Data;
+            let well_formed =
+                is_data || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+            return Err(match (is_data, well_formed) {
+                (true, _) => {
                     ApiError::Validation(vec![FieldError::new(path, strip_position(&inner))])
                 }
-                _ => ApiError::BadRequest {
+                (false, true) => ApiError::Validation(vec![FieldError::new(
+                    "$",
+                    "not the expected shape: send an object with the documented fields",
+                )]),
+                (false, false) => ApiError::BadRequest {
                     message: "malformed JSON".to_owned(),
                     details: vec![FieldError::new(path, inner.to_string())],
                 },

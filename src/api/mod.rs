@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, Response};
-use axum::middleware::from_fn_with_state;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::middleware::{from_fn_with_state, Next};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -26,6 +29,7 @@ use tracing::Span;
 
 pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
 
+use crate::lifecycle::Lifecycle;
 use crate::metrics::track_requests;
 use crate::state::AppState;
 
@@ -40,13 +44,31 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/live" | "/ready" | "/health" | "/startup")
 }
 
+/// Until migrations are applied the tables may not exist: answer a retryable 503 rather
+/// than let queries fail with 500s. (Load balancers send nothing before `/ready` anyway.)
+async fn refuse_while_starting(
+    State(lifecycle): State<Arc<Lifecycle>>,
+    req: Request,
+    next: Next,
+) -> Response<axum::body::Body> {
+    if lifecycle.is_started() {
+        next.run(req).await
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::Starting)
+    }
+}
+
 /// Every route of the API port, before middleware.
-fn routes() -> Router<AppState> {
+fn routes(state: &AppState) -> Router<AppState> {
     let api = Router::new()
         .merge(auth::router())
         .merge(items::router())
         .merge(search::router())
-        .merge(openapi::router());
+        .merge(openapi::router())
+        .route_layer(from_fn_with_state(
+            state.lifecycle.clone(),
+            refuse_while_starting,
+        ));
     Router::new()
         .merge(crate::health::router())
         .nest("/api", api)
@@ -109,7 +131,7 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(from_fn_with_state(state.metrics.clone(), track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    routes()
+    routes(&state)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)
