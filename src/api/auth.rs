@@ -59,7 +59,7 @@ pub async fn register(
         "register",
         &serde_json::json!({"email": email, "password": keyed_password}),
     )?;
-    let hash = password::hash(credentials.password).await?;
+    let hash = password::hash(&state.settings.auth, credentials.password).await?;
     let db = state.db.clone();
     run_once(&state.db, keyed, move |tx| {
         Box::pin(async move {
@@ -102,7 +102,7 @@ pub async fn login(
         return Err(wrong());
     }
     let Some(user) = users::by_email(&state.db, &email).await? else {
-        password::verify_dummy(credentials.password).await?;
+        password::verify_dummy(&state.settings.auth, credentials.password).await?;
         return Err(wrong());
     };
     if !password::verify(credentials.password, user.password_hash).await? {
