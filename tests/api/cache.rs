@@ -128,6 +128,14 @@ async fn a_redis_outage_during_traffic_fails_no_request() {
     let mut versions = vec![1i64; ids.len()];
     let mut failures = Vec::new();
     for step in 0..150 {
+        if step == 40 || step == 100 {
+            // Fill the cache just before the outage: the writes during it cannot
+            // invalidate these entries, and reads after it must not serve them.
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(app.get_item(&token, id).await.body["version"], versions[i]);
+                assert_eq!(app.get_item(&token, id).await.body["version"], versions[i]);
+            }
+        }
         match step {
             40 => app.redis_proxy().set_mode(Mode::Cut),
             80 => app.redis_proxy().set_mode(Mode::Forward),
