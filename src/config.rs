@@ -123,6 +123,10 @@ pub struct LifecycleSettings {
 pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub jwt_expires_in: Duration,
+    /// Argon2id cost. The defaults are OWASP's (19 MiB, 2 passes); lowering them is for
+    /// tests and small machines, never for production.
+    pub password_hash_memory_kib: u32,
+    pub password_hash_iterations: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -428,6 +432,21 @@ impl Settings {
             ));
         }
 
+        let password_hash_memory_kib: u32 = parse_or(src, "PASSWORD_HASH_MEMORY_KIB", 19_456)?;
+        if !(64..=4 * 1024 * 1024).contains(&password_hash_memory_kib) {
+            return Err(ConfigError::new(
+                "PASSWORD_HASH_MEMORY_KIB",
+                format!("must be 64 to 4194304 KiB, got {password_hash_memory_kib}"),
+            ));
+        }
+        let password_hash_iterations: u32 = parse_or(src, "PASSWORD_HASH_ITERATIONS", 2)?;
+        if !(1..=64).contains(&password_hash_iterations) {
+            return Err(ConfigError::new(
+                "PASSWORD_HASH_ITERATIONS",
+                format!("must be 1 to 64, got {password_hash_iterations}"),
+            ));
+        }
+
         Ok(Self {
             host,
             port,
@@ -445,6 +464,8 @@ impl Settings {
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),
                 jwt_expires_in: Duration::from_secs(jwt_expires_in),
+                password_hash_memory_kib,
+                password_hash_iterations,
             },
             cache: CacheSettings {
                 key_prefix: string_or(src, "CACHE_KEY_PREFIX", "cartae:"),
@@ -568,6 +589,14 @@ mod tests {
         );
         assert_eq!(error_var(&[("JWT_SECRET", "short")]), "JWT_SECRET");
         assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
+        assert_eq!(
+            error_var(&[("PASSWORD_HASH_MEMORY_KIB", "8")]),
+            "PASSWORD_HASH_MEMORY_KIB"
+        );
+        assert_eq!(
+            error_var(&[("PASSWORD_HASH_ITERATIONS", "0")]),
+            "PASSWORD_HASH_ITERATIONS"
+        );
     }
 
     #[test]

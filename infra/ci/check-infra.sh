@@ -263,6 +263,23 @@ sys.exit(0 if grace > need else 1)
 PY
 }
 
+# Every environment variable named in src/config.rs is in .env.example (the stack's
+# reference) and in the README's configuration table.
+check_documented_variables() {
+  local var missing=0
+  for var in $(grep -ohE '"[A-Z][A-Z0-9_]{2,}"' src/config.rs | tr -d '"' | sort -u); do
+    if ! grep -qE "^#?${var}=" .env.example; then
+      echo "$var is read by the service but missing from .env.example"
+      missing=1
+    fi
+    if ! grep -qF "| \`${var}\`" README.md; then
+      echo "$var is read by the service but missing from the README's table"
+      missing=1
+    fi
+  done
+  return "$missing"
+}
+
 check_shellcheck() {
   shellcheck infra/scripts/*.sh infra/ci/*.sh scripts/*.sh .ci/run
 }
@@ -489,6 +506,7 @@ else
   KUBECTL="$(command -v kubectl || true)"
 fi
 
+run_check "every variable the service reads is documented" check_documented_variables
 run_check "hadolint Dockerfile" check_hadolint
 run_check "yamllint" check_yamllint
 run_check "docker compose config (docker-compose.ha.yml)" check_compose

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 /// One problem with the input: where (`path`, a JSON pointer-like path or a parameter
 /// name) and what.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub path: String,
     pub message: String,
@@ -50,6 +50,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("unprocessable: {0}")]
     Unprocessable(String),
+    /// Not serving yet (start-up: migrations not applied): retryable, so 503.
+    #[error("starting")]
+    Starting,
     /// PostgreSQL is unreachable or the pool is exhausted: retryable, so 503.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -66,12 +69,28 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 ApiError::Unavailable(e)
             }
+            // A unique index said no: the client asked for something that already exists
+            // (an email, a source id). Their request, not our fault.
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+                ApiError::Conflict("a resource with the same unique value already exists".into())
+            }
+            // Validation should catch bad values first; this is the safety net that keeps
+            // one it missed (class 22: data exception; 23514: check violation) a 4xx.
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c == "23514") =>
+            {
+                tracing::warn!(error = %db, "database refused a value that validation let through");
+                ApiError::bad_request("a value was refused by the database")
+            }
             e => ApiError::Database(e),
         }
     }
 }
 
-#[derive(Serialize)]
+/// The JSON of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub details: Vec<FieldError>,
@@ -101,7 +120,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,6 +140,7 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 ("database unavailable, retry later".to_owned(), Vec::new())
             }
+            ApiError::Starting => ("starting, retry later".to_owned(), Vec::new()),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 ("internal error".to_owned(), Vec::new())
             }
@@ -136,6 +156,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?self, "request failed");
         }
         let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -4,14 +4,22 @@
 //! Each resource module exports `router()`; add a new one to [`routes`] and it inherits
 //! request ids, tracing, metrics, the body limit and JSON errors.
 
+pub mod auth;
 pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod items;
+pub mod openapi;
+pub mod search;
 
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Response};
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn_with_state, Next};
 use axum::Router;
+use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -19,8 +27,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-pub use error::{ApiError, ApiResult, FieldError};
+pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
 
+use crate::lifecycle::Lifecycle;
 use crate::metrics::track_requests;
 use crate::state::AppState;
 
@@ -37,9 +46,34 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/live" | "/ready" | "/health" | "/startup")
 }
 
+/// Until migrations are applied the tables may not exist: answer a retryable 503 rather
+/// than let queries fail with 500s. (Load balancers send nothing before `/ready` anyway.)
+async fn refuse_while_starting(
+    State(lifecycle): State<Arc<Lifecycle>>,
+    req: Request,
+    next: Next,
+) -> Response<axum::body::Body> {
+    if lifecycle.is_started() {
+        next.run(req).await
+    } else {
+        axum::response::IntoResponse::into_response(ApiError::Starting)
+    }
+}
+
 /// Every route of the API port, before middleware.
-fn routes() -> Router<AppState> {
-    Router::new().merge(crate::health::router())
+fn routes(state: &AppState) -> Router<AppState> {
+    let api = Router::new()
+        .merge(auth::router())
+        .merge(items::router())
+        .merge(search::router())
+        .merge(openapi::router())
+        .route_layer(from_fn_with_state(
+            state.lifecycle.clone(),
+            refuse_while_starting,
+        ));
+    Router::new()
+        .merge(crate::health::router())
+        .nest("/api", api)
 }
 
 async fn not_found() -> ApiError {
@@ -105,7 +139,7 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(from_fn_with_state(state.metrics.clone(), track_requests))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    routes()
+    routes(&state)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)

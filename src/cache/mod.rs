@@ -3,8 +3,19 @@
 //! Redis is a cache here, never the source of truth. Every call is bounded by
 //! `REDIS_TIMEOUT_MS`, and every failure is counted and reported to the caller, who falls
 //! back to PostgreSQL. A Redis outage makes the service slower, never wrong.
+//!
+//! - [`stamped`]: cache-aside entries stamped with a cluster epoch and a per-user
+//!   generation, so one `INCR` makes every cached read of a user stale at once, on every
+//!   replica.
+//! - [`trust`]: after any Redis failure this replica stops reading from Redis until it has
+//!   re-synchronised what a lost write could have left wrong (see there why).
+
+pub mod items;
+pub mod stamped;
+pub mod trust;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +40,15 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     timeout: Duration,
     pub key_prefix: String,
+    /// Failed calls so far. Any failure may have lost a write (an invalidation, a
+    /// revocation), so Redis is not trusted for reads until [`trust::ensure_trusted`] has
+    /// repaired everything up to the latest failure.
+    failures: Arc<AtomicU64>,
+    /// The failure count that the last successful repair covered.
+    repaired: Arc<AtomicU64>,
+    /// When the last repair was attempted, so a dead Redis is retried at a bounded rate
+    /// instead of costing every request a timeout.
+    last_repair: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Cache {
@@ -56,6 +76,11 @@ impl Cache {
             metrics,
             timeout: settings.timeout,
             key_prefix: key_prefix.to_owned(),
+            // Until its first repair a replica cannot know what was lost before it started
+            // (say, by a predecessor that died during an outage), so it starts distrustful.
+            failures: Arc::new(AtomicU64::new(1)),
+            repaired: Arc::new(AtomicU64::new(0)),
+            last_repair: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -67,10 +92,27 @@ impl Cache {
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let result = self.exec(self.timeout, op).await;
-        if result.is_err() {
+        if let Err(e) = &result {
             self.metrics.cache_errors.inc();
+            self.mark_suspect(e);
         }
         result
+    }
+
+    fn mark_suspect(&self, error: &CacheError) {
+        let was_trusted = !self.is_suspect();
+        self.failures.fetch_add(1, Ordering::AcqRel);
+        if was_trusted {
+            tracing::warn!(error = %error, "redis failed: serving from PostgreSQL until it answers again");
+        }
+    }
+
+    pub fn is_suspect(&self) -> bool {
+        self.failures.load(Ordering::Acquire) > self.repaired.load(Ordering::Acquire)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Runs `op` within `timeout`, recording `redis_latency_seconds`.
@@ -98,14 +140,22 @@ impl Cache {
     /// The health check's round trip: one `PING`, with the check's own timeout. Its
     /// failures are health-check failures, not cache fallbacks, so they are not counted in
     /// `cache_errors_total`.
+    ///
+    /// A failed ping still marks Redis suspect: a replica that serves no traffic during a
+    /// short outage must not trust entries that another replica failed to invalidate.
     pub async fn ping(&self, timeout: Duration) -> Result<(), CacheError> {
-        self.exec(timeout, |mut conn| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(|_| ())
-        })
-        .await
+        let result = self
+            .exec(timeout, |mut conn| async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+        if let Err(e) = &result {
+            self.mark_suspect(e);
+        }
+        result
     }
 
     pub fn status(&self) -> deadpool_redis::Status {

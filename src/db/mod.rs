@@ -4,6 +4,11 @@
 //! [`Database::timed`] so that `database_latency_seconds{query_type}` and
 //! `db_query_errors_total{error_type}` cover every call.
 
+pub mod idempotency;
+pub mod items;
+pub mod revocations;
+pub mod users;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_errors: IntCounter,
+    pub cache_bypasses: IntCounter,
     pub lifecycle_phase: IntGaugeVec,
 }
 
@@ -180,6 +181,14 @@ impl Metrics {
             &i
         ))
         .with_label_values(&[instance]);
+        let cache_bypasses = register!(IntCounterVec::new(
+            opts(
+                "cache_bypassed_total",
+                "Cache lookups served from PostgreSQL without asking Redis, while Redis is distrusted after a failure"
+            ),
+            &i
+        ))
+        .with_label_values(&[instance]);
         let lifecycle_phase = register!(IntGaugeVec::new(
             opts(
                 "lifecycle_phase",
@@ -225,6 +234,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_errors,
+            cache_bypasses,
             lifecycle_phase,
         }
     }

@@ -38,6 +38,10 @@ pub fn base_env(database_url: &str, redis_url: &str) -> HashMap<String, String> 
         ("DRAIN_DELAY_MS", "300"),
         ("SHUTDOWN_TIMEOUT_MS", "5000"),
         ("LOG_LEVEL", "warn"),
+        // Cheap Argon2: the suite creates many users, and full-cost hashing would starve
+        // the timing-sensitive tests running beside them on a 2-core machine.
+        ("PASSWORD_HASH_MEMORY_KIB", "1024"),
+        ("PASSWORD_HASH_ITERATIONS", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

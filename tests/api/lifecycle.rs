@@ -214,3 +214,54 @@ async fn probes_are_logged_at_debug_only_and_requests_carry_their_id() {
     );
     assert_eq!(request_lines[0]["status"], 404);
 }
+
+#[tokio::test]
+async fn a_post_whose_body_is_still_arriving_when_the_drain_starts_completes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app_with(AppOptions::default().env("DRAIN_DELAY_MS", "600")).await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let body = serde_json::json!({"type": "note", "title": "written during the drain"}).to_string();
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(10);
+    stream.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let signalled = Instant::now();
+    app.signal();
+    // Trickle the rest across the drain delay and into the stop phase.
+    for chunk in rest.chunks(4) {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(
+        signalled.elapsed() > Duration::from_millis(600),
+        "the body should still be arriving after the drain delay"
+    );
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("answered before the shutdown timeout")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert!(response.contains("written during the drain"));
+    let outcome = tokio::time::timeout(Duration::from_secs(10), app.run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Stopped::Gracefully);
+}

@@ -3,10 +3,18 @@
 mod helpers;
 mod support;
 
+mod auth;
+mod cache;
 mod config;
+mod fuzz;
 mod health;
+mod items;
 mod lifecycle;
 mod metrics;
 mod migrations;
+mod openapi;
 mod outages;
+mod pagination;
 mod probes;
+mod search;
+mod upserts;

@@ -100,3 +100,54 @@ async fn ten_thousand_random_urls_create_no_new_series() {
     assert!(!after.contains("q="), "a raw URL leaked into a label");
     assert!(metric_value(&after, "lb_requests_total", &[("path", "unmatched")]) >= 10_000.0);
 }
+
+#[tokio::test]
+async fn active_connections_returns_to_zero_when_clients_abort_mid_body() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n{{\"type\":\"note\",\"title\":"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        streams.push(stream);
+    }
+    let gauge = |text: &str| metric_value(text, "active_connections", &[]);
+    // The requests are in flight, waiting for the rest of their bodies.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge(&app.metrics().await) < 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the partial requests were never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = gauge(&app.metrics().await);
+        if value == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "active_connections stuck at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing half-read was written.
+    assert_eq!(
+        app.list_items(&token, "").await.body["items"],
+        serde_json::json!([])
+    );
+}

@@ -7,11 +7,21 @@ use futures::future::join_all;
 use crate::helpers::{spawn_app_with, AppOptions};
 use crate::support::proxy::Mode;
 
-const INTERVAL_MS: u64 = 200;
+/// Longer than the suite's default (200 ms), with a check timeout to match: a thousand
+/// probes on a 2-core machine shared with the rest of the suite can delay a check past
+/// 150 ms, which would make `/health` answer 503 and fail this test for the wrong reason.
+const INTERVAL_MS: u64 = 500;
 
 #[tokio::test]
 async fn a_thousand_concurrent_health_probes_cost_one_round_trip_per_interval() {
-    let app = spawn_app_with(AppOptions::default().proxy_postgres().proxy_redis()).await;
+    let app = spawn_app_with(
+        AppOptions::default()
+            .proxy_postgres()
+            .proxy_redis()
+            .env("HEALTH_CHECK_INTERVAL_MS", &INTERVAL_MS.to_string())
+            .env("HEALTH_CHECK_TIMEOUT_MS", "450"),
+    )
+    .await;
     app.wait_ready().await;
     let (pg, redis) = (app.pg_proxy(), app.redis_proxy());
     // Warm the client's connection pool first, so the burst measures the server.

@@ -1,2 +1,3 @@
+pub mod api_client;
 pub mod process;
 pub mod proxy;

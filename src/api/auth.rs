@@ -1,0 +1,153 @@
+//! `/api/auth`: register, login, logout, me.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::extract::{IdempotencyKey, Json};
+use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
+use super::{ApiError, ApiResult, ErrorBody};
+use crate::auth::{jwt, password, revocation, AuthUser, VerifiedToken};
+use crate::db::users;
+use crate::model::auth::{Credentials, TokenResponse, User};
+use crate::model::item::validated;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me))
+}
+
+/// Creates an account. The password is stored as an Argon2id hash.
+#[utoipa::path(
+    post, path = "/api/auth/register", tag = "auth",
+    request_body = Credentials,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response on retry")),
+    responses(
+        (status = 201, description = "Created", body = User),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 422, description = "Invalid email or password", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all)]
+pub async fn register(
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(credentials): Json<Credentials>,
+) -> ApiResult<Outcome> {
+    let mut errors = Vec::new();
+    credentials.check(&mut errors);
+    validated(errors)?;
+    let email = credentials.normalized_email();
+    // The stored fingerprint must not become an unsalted fast hash of a password, which
+    // could be cracked offline: the password enters it keyed with the server's secret.
+    let keyed_password = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(state.settings.auth.jwt_secret.expose().as_bytes());
+        hasher.update(credentials.password.as_bytes());
+        format!("{:x}", hasher.finalize())
+    };
+    let keyed = Keyed::new(
+        key,
+        Scope::Anonymous,
+        "register",
+        &serde_json::json!({"email": email, "password": keyed_password}),
+    )?;
+    let hash = password::hash(&state.settings.auth, credentials.password).await?;
+    let db = state.db.clone();
+    run_once(&state.db, keyed, move |tx| {
+        Box::pin(async move {
+            let user =
+                users::insert(&db, tx, &email, &hash).await.map_err(|e| {
+                    match ApiError::from(e) {
+                        ApiError::Conflict(_) => {
+                            ApiError::Conflict("email already registered".into())
+                        }
+                        other => other,
+                    }
+                })?;
+            tracing::info!(user = %user.id, "user registered");
+            Reply::json(StatusCode::CREATED, &user)
+        })
+    })
+    .await
+}
+
+/// Exchanges email and password for a token. Writes nothing, so retrying is always safe
+/// (an `Idempotency-Key` is accepted and not needed).
+#[utoipa::path(
+    post, path = "/api/auth/login", tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = TokenResponse),
+        (status = 401, description = "Wrong email or password", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    State(state): State<AppState>,
+    Json(credentials): Json<Credentials>,
+) -> ApiResult<axum::Json<TokenResponse>> {
+    let wrong = || ApiError::Unauthorized("wrong email or password".into());
+    let email = credentials.normalized_email();
+    if credentials.password.chars().count() > crate::model::auth::PASSWORD_MAX
+        || email.contains('\0')
+    {
+        return Err(wrong());
+    }
+    let Some(user) = users::by_email(&state.db, &email).await? else {
+        password::verify_dummy(&state.settings.auth, credentials.password).await?;
+        return Err(wrong());
+    };
+    if !password::verify(credentials.password, user.password_hash).await? {
+        return Err(wrong());
+    }
+    let issued = jwt::issue(&state.settings.auth, user.id).map_err(anyhow::Error::from)?;
+    tracing::info!(user = %user.id, "token issued");
+    Ok(axum::Json(TokenResponse {
+        token: issued.token,
+        expires_at: issued.expires_at,
+    }))
+}
+
+/// Revokes the token until it expires. Logging out an already revoked token succeeds too,
+/// so a retried logout is safe (an `Idempotency-Key` is accepted and not needed).
+#[utoipa::path(
+    post, path = "/api/auth/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %token.0.sub))]
+pub async fn logout(
+    State(state): State<AppState>,
+    token: VerifiedToken,
+) -> ApiResult<impl IntoResponse> {
+    revocation::revoke(&state, &token.0).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account.
+#[utoipa::path(
+    get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = User),
+        (status = 401, body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<axum::Json<User>> {
+    users::by_id(&state.db, user.id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::Unauthorized("the token's user no longer exists".into()))
+}

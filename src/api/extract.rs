@@ -1,0 +1,230 @@
+//! Extractors whose every failure is an [`ApiError`], so bad input always answers the
+//! JSON error format with a 4xx, never axum's plain-text rejections.
+//!
+//! - [`Json`]: 415 without a JSON content type, 413 over the body limit, 400 for
+//!   malformed JSON, 422 for well-formed JSON of the wrong shape (with the field's path).
+//! - [`Query`]: 400 naming the parameter.
+//! - [`Id`]: a UUID path segment; 400 when it is not one.
+//! - [`IfMatch`], [`IdempotencyKey`]: optional headers, 400 when present but malformed.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::{ApiError, FieldError};
+
+/// A JSON body, deserialized with the path of the first offending field kept.
+pub struct Json<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+/// Parses a JSON document into `T`, reporting syntax errors as 400 and shape errors as 422
+/// with the JSON path of the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = match parsed {
+        Ok(value) => value,
+        Err(e) => {
+            let path = json_path(e.path());
+            let inner = e.into_inner();
+            // Some shape errors surface as syntax errors (an array where a struct is
+            // expected): well-formed JSON is never "malformed".
+            let is_data = inner.classify() == serde_json::error::Category::Data;
+            let well_formed =
+                is_data || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+            return Err(match (is_data, well_formed) {
+                (true, _) => {
+                    ApiError::Validation(vec![FieldError::new(path, strip_position(&inner))])
+                }
+                (false, true) => ApiError::Validation(vec![FieldError::new(
+                    "$",
+                    "not the expected shape: send an object with the documented fields",
+                )]),
+                (false, false) => ApiError::BadRequest {
+                    message: "malformed JSON".to_owned(),
+                    details: vec![FieldError::new(path, inner.to_string())],
+                },
+            });
+        }
+    };
+    // Trailing garbage after a valid document is malformed too.
+    de.end().map_err(|e| ApiError::BadRequest {
+        message: "malformed JSON".to_owned(),
+        details: vec![FieldError::new("$", e.to_string())],
+    })?;
+    Ok(value)
+}
+
+/// `$`, `$.title`, `$.items[3].tags[0]`.
+fn json_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::from("$");
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key } => {
+                out.push('.');
+                out.push_str(key);
+            }
+            serde_path_to_error::Segment::Enum { variant } => {
+                out.push('.');
+                out.push_str(variant);
+            }
+            serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// serde_json appends " at line 1 column 42" to data errors; the path already says where.
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected Content-Type: application/json".to_owned(),
+            ));
+        }
+        // `Bytes` honours `DefaultBodyLimit`: a larger body is refused with 413.
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request(rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// A query string. Handlers take their parameters as raw strings and parse each one
+/// themselves, so that a bad value is reported under its own name.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(Query)
+            .map_err(|e| ApiError::BadRequest {
+                message: "invalid query string".to_owned(),
+                details: vec![FieldError::new("query", e.to_string())],
+            })
+    }
+}
+
+/// The `{id}` path segment as a UUID.
+pub struct Id(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        Uuid::parse_str(&raw)
+            .map(Id)
+            .map_err(|_| ApiError::BadRequest {
+                message: "invalid id".to_owned(),
+                details: vec![FieldError::new("id", "must be a UUID")],
+            })
+    }
+}
+
+/// `If-Match: "3"` (an item's ETag). Absent means "any version".
+pub struct IfMatch(pub Option<i32>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let invalid = || ApiError::BadRequest {
+            message: "invalid If-Match header".to_owned(),
+            details: vec![FieldError::new(
+                "If-Match",
+                "must be an item's ETag (its version, e.g. \"3\") or *",
+            )],
+        };
+        let text = value.to_str().map_err(|_| invalid())?.trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        // Weak or strong, quoted or not: the version is what is compared.
+        let text = text.strip_prefix("W/").unwrap_or(text);
+        let text = text.trim_matches('"');
+        let version: i32 = text.parse().map_err(|_| invalid())?;
+        if version < 1 {
+            return Err(invalid());
+        }
+        Ok(IfMatch(Some(version)))
+    }
+}
+
+/// Longest accepted `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX)
+            .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| ApiError::BadRequest {
+                message: "invalid Idempotency-Key header".to_owned(),
+                details: vec![FieldError::new(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters (a UUID is a good choice)",
+                )],
+            })?;
+        Ok(IdempotencyKey(Some(key.to_owned())))
+    }
+}

@@ -1,0 +1,430 @@
+//! `/api/items`: create, read, update with `If-Match`, delete, list with keyset pagination,
+//! upsert by source and batch upsert.
+
+pub mod cursor;
+
+use axum::extract::State;
+use axum::http::header::ETAG;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
+use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
+use super::{ApiError, ApiResult, ErrorBody, FieldError};
+use crate::auth::AuthUser;
+use crate::cache;
+use crate::db::items::{self, ListFilter, Position};
+use crate::model::item::{validated, Batch, Item, ItemPatch, ItemType, NewItem, TAG_MAX};
+use crate::state::AppState;
+
+pub const LIMIT_DEFAULT: i64 = 20;
+pub const LIMIT_MAX: i64 = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/items", get(list).post(create))
+        .route("/items/upsert", post(upsert))
+        .route("/items/batch", post(batch))
+        .route("/items/{id}", get(read).patch(update).delete(remove))
+}
+
+fn with_etag(item: Item) -> impl IntoResponse {
+    ([(ETAG, item.etag())], axum::Json(item))
+}
+
+/// A guarded write matched nothing: either the item is not the caller's (404) or its
+/// version moved on (412).
+async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
+    match items::exists(&state.db, &state.db.pool, user, id).await {
+        Ok(true) => ApiError::PreconditionFailed(
+            "the item changed since you read it: fetch it again for its current ETag".into(),
+        ),
+        Ok(false) => ApiError::NotFound,
+        Err(e) => e.into(),
+    }
+}
+
+/// Creates an item.
+#[utoipa::path(
+    post, path = "/api/items", tag = "items",
+    security(("bearer" = [])),
+    request_body = NewItem,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response on retry")),
+    responses(
+        (status = 201, description = "Created; ETag holds the version", body = Item),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(new): Json<NewItem>,
+) -> ApiResult<Outcome> {
+    let mut errors = Vec::new();
+    new.check("$", &mut errors);
+    validated(errors)?;
+    let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
+    let (db, owner) = (state.db.clone(), user.id);
+    let outcome = run_once(&state.db, keyed, move |tx| {
+        Box::pin(async move {
+            let item = items::insert(&db, tx, owner, &new).await?;
+            Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
+        })
+    })
+    .await?;
+    if let Outcome::Fresh(_) = outcome {
+        cache::items::invalidate(&state, user.id, &[]).await;
+    }
+    Ok(outcome)
+}
+
+/// Reads one item (cache-aside in Redis).
+#[utoipa::path(
+    get, path = "/api/items/{id}", tag = "items",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "ETag holds the version", body = Item),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 404, description = "No such item for this user", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id, item = %id))]
+pub async fn read(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Id(id): Id,
+) -> ApiResult<impl IntoResponse> {
+    cache::items::get_item(&state, user.id, id)
+        .await?
+        .map(with_etag)
+        .ok_or(ApiError::NotFound)
+}
+
+/// Changes the fields present in the body. With `If-Match: "<version>"`, only if the item
+/// is still at that version (else 412).
+#[utoipa::path(
+    patch, path = "/api/items/{id}", tag = "items",
+    security(("bearer" = [])),
+    request_body = ItemPatch,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "The ETag read earlier")),
+    responses(
+        (status = 200, body = Item),
+        (status = 404, body = ErrorBody),
+        (status = 412, description = "Stale If-Match", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id, item = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Id(id): Id,
+    IfMatch(expected): IfMatch,
+    Json(patch): Json<ItemPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let mut errors = Vec::new();
+    patch.check(&mut errors);
+    validated(errors)?;
+    let updated = items::update(&state.db, &state.db.pool, user.id, id, expected, &patch).await?;
+    let Some(item) = updated else {
+        return Err(missing_or_stale(&state, user.id, id).await);
+    };
+    cache::items::invalidate(&state, user.id, &[id]).await;
+    Ok(with_etag(item))
+}
+
+/// Deletes an item; `If-Match` is honoured as for PATCH.
+#[utoipa::path(
+    delete, path = "/api/items/{id}", tag = "items",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 412, body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id, item = %id))]
+pub async fn remove(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Id(id): Id,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<StatusCode> {
+    if !items::delete(&state.db, &state.db.pool, user.id, id, expected).await? {
+        return Err(missing_or_stale(&state, user.id, id).await);
+    }
+    cache::items::invalidate(&state, user.id, &[id]).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query parameters of `GET /api/items`, as sent: each is parsed and reported on its own.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<ItemType>)]
+    kind: Option<String>,
+    /// Items carrying this tag.
+    tag: Option<String>,
+    #[param(value_type = Option<bool>)]
+    archived: Option<String>,
+    #[param(value_type = Option<bool>)]
+    favorite: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub fn parse_limit(raw: Option<&str>, errors: &mut Vec<FieldError>) -> i64 {
+    let Some(raw) = raw else {
+        return LIMIT_DEFAULT;
+    };
+    match raw.trim().parse::<i64>() {
+        Ok(limit) if (1..=LIMIT_MAX).contains(&limit) => limit,
+        _ => {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be an integer from 1 to {LIMIT_MAX}"),
+            ));
+            LIMIT_DEFAULT
+        }
+    }
+}
+
+fn parse_bool(name: &str, raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<bool> {
+    match raw? {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => {
+            errors.push(FieldError::new(name, "must be true or false"));
+            None
+        }
+    }
+}
+
+pub fn parse_tag(name: &str, raw: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    let before = errors.len();
+    crate::model::check_text(errors, name, raw, TAG_MAX, false);
+    (errors.len() == before).then(|| raw.to_owned())
+}
+
+/// What a list request asks for, once parsed. Also the cache key of its page.
+#[derive(Debug, Serialize)]
+struct ListQuery {
+    kind: Option<ItemType>,
+    tag: Option<String>,
+    archived: Option<bool>,
+    favorite: Option<bool>,
+    limit: i64,
+    #[serde(skip)]
+    after: Option<Position>,
+    cursor: Option<String>,
+}
+
+fn parse_list(params: ListParams) -> ApiResult<ListQuery> {
+    let mut errors = Vec::new();
+    let kind = params.kind.as_deref().and_then(|raw| {
+        let kind = ItemType::parse(raw);
+        if kind.is_none() {
+            errors.push(FieldError::new(
+                "type",
+                "must be one of email, task, document, message, event, note, contact, file",
+            ));
+        }
+        kind
+    });
+    let tag = params
+        .tag
+        .as_deref()
+        .and_then(|t| parse_tag("tag", t, &mut errors));
+    let archived = parse_bool("archived", params.archived.as_deref(), &mut errors);
+    let favorite = parse_bool("favorite", params.favorite.as_deref(), &mut errors);
+    let limit = parse_limit(params.limit.as_deref(), &mut errors);
+    let after = params.cursor.as_deref().and_then(|c| {
+        let position = cursor::decode(c);
+        if position.is_none() {
+            errors.push(FieldError::new(
+                "cursor",
+                "not a cursor returned by this API (use nextCursor as given)",
+            ));
+        }
+        position
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "invalid query parameters".into(),
+            details: errors,
+        });
+    }
+    Ok(ListQuery {
+        kind,
+        tag,
+        archived,
+        favorite,
+        limit,
+        after,
+        cursor: params.cursor,
+    })
+}
+
+/// Lists the caller's items, newest first, one page at a time.
+#[utoipa::path(
+    get, path = "/api/items", tag = "items",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, body = ItemPage),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<ListParams>,
+) -> ApiResult<axum::Json<ItemPage>> {
+    let query = parse_list(params)?;
+    let filter = ListFilter {
+        kind: query.kind,
+        tag: query.tag.clone(),
+        archived: query.archived,
+        favorite: query.favorite,
+    };
+    let page = cache::items::query(&state, user.id, "list", &query, async {
+        // One more than asked tells whether another page exists.
+        let mut rows =
+            items::list(&state.db, user.id, &filter, query.after, query.limit + 1).await?;
+        let more = rows.len() as i64 > query.limit;
+        rows.truncate(query.limit as usize);
+        let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
+            cursor::encode(Position {
+                created_at: last.created_at,
+                id: last.id,
+            })
+        });
+        Ok(ItemPage {
+            items: rows,
+            next_cursor,
+        })
+    })
+    .await?;
+    Ok(axum::Json(page))
+}
+
+/// Inserts or updates the caller's item with the same `source.connector` and
+/// `source.sourceId`: 201 when created, 200 when updated.
+#[utoipa::path(
+    post, path = "/api/items/upsert", tag = "items",
+    security(("bearer" = [])),
+    request_body = NewItem,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 201, description = "Created", body = Item),
+        (status = 200, description = "Updated", body = Item),
+        (status = 422, description = "Invalid, or no source", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn upsert(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(new): Json<NewItem>,
+) -> ApiResult<Outcome> {
+    let mut errors = Vec::new();
+    new.check_upsert("$", &mut errors);
+    validated(errors)?;
+    let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
+    let (db, owner) = (state.db.clone(), user.id);
+    let outcome = run_once(&state.db, keyed, move |tx| {
+        Box::pin(async move {
+            let (item, created) = items::upsert(&db, tx, owner, &new).await?;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(Reply::json(status, &item)?.with_etag(item.etag()))
+        })
+    })
+    .await?;
+    if let Outcome::Fresh(reply) = &outcome {
+        let id = reply.body.get("id").and_then(|v| v.as_str());
+        let ids: Vec<Uuid> = id
+            .and_then(|i| Uuid::parse_str(i).ok())
+            .into_iter()
+            .collect();
+        cache::items::invalidate(&state, user.id, &ids).await;
+    }
+    Ok(outcome)
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    pub created: u32,
+    pub updated: u32,
+}
+
+/// Up to 1,000 upserts in one transaction: all are written, or none.
+#[utoipa::path(
+    post, path = "/api/items/batch", tag = "items",
+    security(("bearer" = [])),
+    request_body = Batch,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "Counts created and updated", body = BatchResult),
+        (status = 422, description = "Nothing written; details name each bad item", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id, items = batch.items.len()))]
+pub async fn batch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(batch): Json<Batch>,
+) -> ApiResult<Outcome> {
+    let mut errors = Vec::new();
+    batch.check(&mut errors);
+    validated(errors)?;
+    let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
+    let (db, owner) = (state.db.clone(), user.id);
+    let outcome = run_once(&state.db, keyed, move |tx| {
+        Box::pin(async move {
+            let mut result = BatchResult {
+                created: 0,
+                updated: 0,
+            };
+            for item in &batch.items {
+                match items::upsert(&db, &mut *tx, owner, item).await? {
+                    (_, true) => result.created += 1,
+                    (_, false) => result.updated += 1,
+                }
+            }
+            Reply::json(StatusCode::OK, &result)
+        })
+    })
+    .await?;
+    if let Outcome::Fresh(_) = outcome {
+        cache::items::invalidate(&state, user.id, &[]).await;
+    }
+    Ok(outcome)
+}

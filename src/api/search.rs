@@ -1,0 +1,155 @@
+//! `/api/search` (ranked full-text search) and `/api/stats`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::Query;
+use super::items::{parse_limit, parse_tag};
+use super::{ApiError, ApiResult, ErrorBody, FieldError};
+use crate::auth::AuthUser;
+use crate::cache;
+use crate::db::items;
+use crate::model::check_text;
+use crate::model::item::{Item, ItemType, TAGS_MAX};
+use crate::state::AppState;
+
+pub const QUERY_MAX: usize = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/search", get(search))
+        .route("/stats", get(stats))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Words to find; quotes, `or` and `-word` work as in a web search engine.
+    #[param(required = true)]
+    q: Option<String>,
+    /// Comma-separated tags every result must carry.
+    tags: Option<String>,
+    /// 1 to 100, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub item: Item,
+    /// Relevance (`ts_rank_cd`); higher is better.
+    pub score: f32,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchResults {
+    pub query: String,
+    pub count: usize,
+    pub results: Vec<SearchHit>,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchQuery {
+    q: String,
+    tags: Vec<String>,
+    limit: i64,
+}
+
+fn parse_search(params: SearchParams) -> ApiResult<SearchQuery> {
+    let mut errors = Vec::new();
+    let q = params.q.unwrap_or_default();
+    check_text(&mut errors, "q", &q, QUERY_MAX, false);
+    let tags: Vec<String> = params
+        .tags
+        .as_deref()
+        .map(|raw| {
+            raw.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .enumerate()
+                .filter_map(|(i, t)| parse_tag(&format!("tags[{i}]"), t, &mut errors))
+                .collect()
+        })
+        .unwrap_or_default();
+    if tags.len() > TAGS_MAX {
+        errors.push(FieldError::new("tags", format!("at most {TAGS_MAX} tags")));
+    }
+    let limit = parse_limit(params.limit.as_deref(), &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "invalid query parameters".into(),
+            details: errors,
+        });
+    }
+    Ok(SearchQuery { q, tags, limit })
+}
+
+/// Full-text search over title (weighted most), tags and content, best matches first.
+#[utoipa::path(
+    get, path = "/api/search", tag = "search",
+    security(("bearer" = [])),
+    params(SearchParams),
+    responses(
+        (status = 200, body = SearchResults),
+        (status = 400, description = "Missing q, bad tags or limit", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn search(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<SearchParams>,
+) -> ApiResult<axum::Json<SearchResults>> {
+    let query = parse_search(params)?;
+    let results = cache::items::query(&state, user.id, "search", &query, async {
+        let hits = items::search(&state.db, user.id, &query.q, &query.tags, query.limit).await?;
+        Ok(SearchResults {
+            query: query.q.clone(),
+            count: hits.len(),
+            results: hits
+                .into_iter()
+                .map(|(item, score)| SearchHit { item, score })
+                .collect(),
+        })
+    })
+    .await?;
+    Ok(axum::Json(results))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total: i64,
+    /// Every type, zero included.
+    pub by_type: BTreeMap<String, i64>,
+}
+
+/// How many items the caller has, in all and per type.
+#[utoipa::path(
+    get, path = "/api/stats", tag = "search",
+    security(("bearer" = [])),
+    responses((status = 200, body = Stats), (status = 401, body = ErrorBody))
+)]
+#[tracing::instrument(skip_all, fields(user = %user.id))]
+pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<axum::Json<Stats>> {
+    let stats = cache::items::query(&state, user.id, "stats", &(), async {
+        let mut by_type: BTreeMap<String, i64> = ItemType::ALL
+            .iter()
+            .map(|t| (t.as_str().to_owned(), 0))
+            .collect();
+        for (kind, count) in items::count_by_type(&state.db, user.id).await? {
+            by_type.insert(kind, count);
+        }
+        Ok(Stats {
+            total: by_type.values().sum(),
+            by_type,
+        })
+    })
+    .await?;
+    Ok(axum::Json(stats))
+}

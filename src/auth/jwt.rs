@@ -1,0 +1,75 @@
+//! Access tokens: HS256 JWTs any replica can verify with the shared `JWT_SECRET`.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::AuthSettings;
+
+pub const ISSUER: &str = "cartae-api";
+pub const AUDIENCE: &str = "cartae-web";
+/// Tolerated clock difference between the replica that issued a token and the one checking it.
+const LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    /// Unique per token: what logout revokes.
+    pub jti: Uuid,
+}
+
+impl Claims {
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(self.exp, 0).unwrap_or_else(Utc::now)
+    }
+}
+
+pub struct Issued {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub fn issue(settings: &AuthSettings, user: Uuid) -> Result<Issued, jsonwebtoken::errors::Error> {
+    let now = Utc::now();
+    let lifetime = chrono::Duration::from_std(settings.jwt_expires_in)
+        .unwrap_or_else(|_| chrono::Duration::hours(1));
+    let expires_at = now + lifetime;
+    let claims = Claims {
+        sub: user,
+        iss: ISSUER.to_owned(),
+        aud: AUDIENCE.to_owned(),
+        iat: now.timestamp(),
+        exp: expires_at.timestamp(),
+        jti: Uuid::new_v4(),
+    };
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(settings.jwt_secret.expose().as_bytes()),
+    )?;
+    Ok(Issued {
+        token,
+        expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at),
+    })
+}
+
+/// Checks signature, algorithm, issuer, audience and expiry. Revocation is checked
+/// separately (it needs Redis or PostgreSQL).
+pub fn verify(settings: &AuthSettings, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_audience(&[AUDIENCE]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = LEEWAY_SECS;
+    decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(settings.jwt_secret.expose().as_bytes()),
+        &validation,
+    )
+    .map(|data| data.claims)
+}

@@ -1,0 +1,154 @@
+//! Cache-aside entries that a single `INCR` makes stale, on every replica at once.
+//!
+//! Each entry is stored as `epoch:generation:payload`, stamped with the cluster-wide cache
+//! epoch and the owner's generation counter as they were read *before* the PostgreSQL
+//! read that produced the payload. A lookup reads epoch, generation and entry in one round
+//! trip and accepts the entry only if both stamps still match. A write commits to
+//! PostgreSQL, then increments the user's generation before it answers. So:
+//!
+//! - a reader that filled from PostgreSQL before the commit stamped its entry with the old
+//!   generation, which no longer matches: the classic cache-aside race (read old, write,
+//!   invalidate, store old) cannot leave a stale entry behind;
+//! - one increment invalidates the user's item, list and search entries together;
+//! - a missing epoch or generation (first use, eviction under `maxmemory`, expiry) is
+//!   re-created with a random value, so a re-created counter never matches an old stamp.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::Cache;
+use crate::db::Database;
+
+/// Reads epoch, generation and entry, creating missing counters, in one atomic round trip.
+const LOOKUP_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local generation = redis.call('GET', KEYS[2])
+if not generation then
+  generation = ARGV[2]
+  redis.call('SET', KEYS[2], generation, 'PX', ARGV[3])
+end
+return {epoch, generation, redis.call('GET', KEYS[3])}
+";
+
+/// The counters an entry was read under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    epoch: String,
+    generation: String,
+}
+
+impl Stamp {
+    fn prefix(&self) -> String {
+        format!("{}:{}:", self.epoch, self.generation)
+    }
+}
+
+pub enum Lookup {
+    /// A fresh entry's payload.
+    Hit(String),
+    /// No fresh entry: read PostgreSQL, then [`fill`] with this stamp.
+    Miss(Stamp),
+    /// Redis failed or is distrusted: read PostgreSQL and do not fill.
+    Unavailable,
+}
+
+pub fn epoch_key(cache: &Cache) -> String {
+    cache.key(format_args!("epoch"))
+}
+
+fn generation_key(cache: &Cache, user: Uuid) -> String {
+    cache.key(format_args!("gen:{user}"))
+}
+
+/// Generation counters must outlive every entry stamped with them; a day does.
+const GENERATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn random_counter() -> String {
+    // Far from any value an INCR chain starting at 1 would reach.
+    let bits = Uuid::new_v4().as_u64_pair().0 >> 2;
+    (bits | (1 << 60)).to_string()
+}
+
+/// Looks up `key`, an entry belonging to `user`. Counts hits and misses.
+pub async fn get(cache: &Cache, db: &Database, user: Uuid, key: &str) -> Lookup {
+    if !super::trust::ensure_trusted(cache, db).await {
+        return Lookup::Unavailable;
+    }
+    let keys = [
+        epoch_key(cache),
+        generation_key(cache, user),
+        key.to_owned(),
+    ];
+    let found = cache
+        .run(|mut conn| async move {
+            redis::cmd("EVAL")
+                .arg(LOOKUP_SCRIPT)
+                .arg(3)
+                .arg(&keys)
+                .arg(random_counter())
+                .arg(random_counter())
+                .arg(GENERATION_TTL.as_millis() as u64)
+                .query_async::<(String, String, Option<String>)>(&mut conn)
+                .await
+        })
+        .await;
+    let Ok((epoch, generation, entry)) = found else {
+        return Lookup::Unavailable;
+    };
+    let stamp = Stamp { epoch, generation };
+    match entry.and_then(|e| e.strip_prefix(&stamp.prefix()).map(str::to_owned)) {
+        Some(payload) => {
+            cache.metrics().cache_hits.inc();
+            Lookup::Hit(payload)
+        }
+        None => {
+            cache.metrics().cache_misses.inc();
+            Lookup::Miss(stamp)
+        }
+    }
+}
+
+/// Stores `payload` under `key`, stamped with what [`get`] saw before the database read.
+/// A failure only costs a future miss.
+pub async fn fill(cache: &Cache, key: &str, stamp: &Stamp, payload: &str, ttl: Duration) {
+    let value = format!("{}{payload}", stamp.prefix());
+    let key = key.to_owned();
+    let _ = cache
+        .run(|mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await;
+}
+
+/// Makes every entry of `user` stale, and drops `keys` outright (to free memory early).
+/// Called after a write commits and before it is answered.
+pub async fn invalidate_user(cache: &Cache, user: Uuid, keys: &[String]) {
+    let generation = generation_key(cache, user);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCR").arg(&generation).ignore();
+    pipe.cmd("PEXPIRE")
+        .arg(&generation)
+        .arg(GENERATION_TTL.as_millis() as u64)
+        .ignore();
+    if !keys.is_empty() {
+        pipe.cmd("DEL").arg(keys).ignore();
+    }
+    let result = cache
+        .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+        .await;
+    if let Err(e) = result {
+        // Counted and marked suspect by `run`; the repair's epoch bump covers it.
+        tracing::warn!(error = %e, %user, "cache invalidation failed; repaired when redis answers");
+    }
+}

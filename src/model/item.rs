@@ -1,0 +1,308 @@
+//! Items: something gathered from a source (an email, a task, a file...).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::check_text;
+use crate::api::FieldError;
+
+pub const TITLE_MAX: usize = 500;
+/// The body limit (1 MiB) bounds content anyway; this keeps one item well under it so a
+/// batch can still carry several.
+pub const CONTENT_MAX: usize = 100_000;
+pub const TAGS_MAX: usize = 50;
+pub const TAG_MAX: usize = 64;
+pub const SOURCE_FIELD_MAX: usize = 256;
+pub const URL_MAX: usize = 2048;
+pub const BATCH_MAX: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemType {
+    Email,
+    Task,
+    Document,
+    Message,
+    Event,
+    Note,
+    Contact,
+    File,
+}
+
+impl ItemType {
+    pub const ALL: [ItemType; 8] = [
+        ItemType::Email,
+        ItemType::Task,
+        ItemType::Document,
+        ItemType::Message,
+        ItemType::Event,
+        ItemType::Note,
+        ItemType::Contact,
+        ItemType::File,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemType::Email => "email",
+            ItemType::Task => "task",
+            ItemType::Document => "document",
+            ItemType::Message => "message",
+            ItemType::Event => "event",
+            ItemType::Note => "note",
+            ItemType::Contact => "contact",
+            ItemType::File => "file",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+}
+
+impl TryFrom<String> for ItemType {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw).ok_or_else(|| format!("unknown item type {raw:?}"))
+    }
+}
+
+/// Where an item came from. `(connector, sourceId)` identifies it for upserts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    #[schema(example = "gmail")]
+    pub connector: String,
+    #[schema(example = "msg-18c2f")]
+    pub source_id: String,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// An item as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Item {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: ItemType,
+    pub title: String,
+    pub content: String,
+    pub tags: Vec<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub source: Option<Source>,
+    pub archived: bool,
+    pub favorite: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Incremented by every write; the item's ETag, and what `If-Match` compares.
+    pub version: i32,
+}
+
+impl Item {
+    /// A strong ETag: the version, quoted.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+}
+
+/// The body of `POST /api/items`, and of each upsert.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewItem {
+    #[serde(rename = "type")]
+    pub kind: ItemType,
+    #[schema(max_length = 500, min_length = 1)]
+    pub title: String,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    #[schema(max_items = 50)]
+    pub tags: Vec<String>,
+    /// Any JSON object.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub source: Option<Source>,
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(default)]
+    pub favorite: bool,
+}
+
+/// The body of `PATCH /api/items/{id}`: only the fields present change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ItemPatch {
+    #[serde(rename = "type")]
+    pub kind: Option<ItemType>,
+    pub title: Option<String>,
+    pub content: Option<String>,
+    pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    pub source: Option<Source>,
+    pub archived: Option<bool>,
+    pub favorite: Option<bool>,
+}
+
+/// The body of `POST /api/items/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Batch {
+    /// 1 to 1,000 upserts; each needs a `source`.
+    pub items: Vec<NewItem>,
+}
+
+fn check_tags(errors: &mut Vec<FieldError>, at: &str, tags: &[String]) {
+    if tags.len() > TAGS_MAX {
+        errors.push(FieldError::new(
+            format!("{at}.tags"),
+            format!("at most {TAGS_MAX} tags"),
+        ));
+        return;
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        check_text(errors, &format!("{at}.tags[{i}]"), tag, TAG_MAX, false);
+    }
+}
+
+fn check_source(errors: &mut Vec<FieldError>, at: &str, source: &Source) {
+    let at = format!("{at}.source");
+    check_text(
+        errors,
+        &format!("{at}.connector"),
+        &source.connector,
+        SOURCE_FIELD_MAX,
+        false,
+    );
+    check_text(
+        errors,
+        &format!("{at}.sourceId"),
+        &source.source_id,
+        SOURCE_FIELD_MAX,
+        false,
+    );
+    if let Some(url) = &source.url {
+        check_text(errors, &format!("{at}.url"), url, URL_MAX, true);
+    }
+}
+
+/// NUL anywhere in a JSON document, keys included, is refused by `jsonb`.
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
+}
+
+fn check_metadata(errors: &mut Vec<FieldError>, at: &str, metadata: &Map<String, Value>) {
+    if metadata
+        .iter()
+        .any(|(k, v)| k.contains('\0') || json_has_nul(v))
+    {
+        errors.push(FieldError::new(
+            format!("{at}.metadata"),
+            "must not contain NUL characters",
+        ));
+    }
+}
+
+impl NewItem {
+    /// Every problem, each with its path under `at` (`$` for a single item).
+    pub fn check(&self, at: &str, errors: &mut Vec<FieldError>) {
+        check_text(
+            errors,
+            &format!("{at}.title"),
+            &self.title,
+            TITLE_MAX,
+            false,
+        );
+        check_text(
+            errors,
+            &format!("{at}.content"),
+            &self.content,
+            CONTENT_MAX,
+            true,
+        );
+        check_tags(errors, at, &self.tags);
+        check_metadata(errors, at, &self.metadata);
+        if let Some(source) = &self.source {
+            check_source(errors, at, source);
+        }
+    }
+
+    /// An upsert is keyed by its source, so it must have one.
+    pub fn check_upsert(&self, at: &str, errors: &mut Vec<FieldError>) {
+        self.check(at, errors);
+        if self.source.is_none() {
+            errors.push(FieldError::new(
+                format!("{at}.source"),
+                "required for an upsert: {connector, sourceId}",
+            ));
+        }
+    }
+}
+
+impl ItemPatch {
+    pub fn check(&self, errors: &mut Vec<FieldError>) {
+        let at = "$";
+        if let Some(title) = &self.title {
+            check_text(errors, "$.title", title, TITLE_MAX, false);
+        }
+        if let Some(content) = &self.content {
+            check_text(errors, "$.content", content, CONTENT_MAX, true);
+        }
+        if let Some(tags) = &self.tags {
+            check_tags(errors, at, tags);
+        }
+        if let Some(metadata) = &self.metadata {
+            check_metadata(errors, at, metadata);
+        }
+        if let Some(source) = &self.source {
+            check_source(errors, at, source);
+        }
+        let empty = self.kind.is_none()
+            && self.title.is_none()
+            && self.content.is_none()
+            && self.tags.is_none()
+            && self.metadata.is_none()
+            && self.source.is_none()
+            && self.archived.is_none()
+            && self.favorite.is_none();
+        if empty {
+            errors.push(FieldError::new("$", "nothing to update"));
+        }
+    }
+}
+
+impl Batch {
+    pub fn check(&self, errors: &mut Vec<FieldError>) {
+        if self.items.is_empty() || self.items.len() > BATCH_MAX {
+            errors.push(FieldError::new(
+                "$.items",
+                format!("must hold 1 to {BATCH_MAX} items"),
+            ));
+            return;
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            item.check_upsert(&format!("$.items[{i}]"), errors);
+        }
+    }
+}
+
+/// Turns collected problems into a result.
+pub fn validated(errors: Vec<FieldError>) -> Result<(), crate::api::ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::api::ApiError::Validation(errors))
+    }
+}

@@ -1,0 +1,302 @@
+//! Registration, login, tokens and revocation, including across replicas and through a
+//! Redis outage.
+
+use std::time::Duration;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use reqwest::Method;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, spawn_app_with, AppOptions, TestApp, JWT_SECRET};
+use crate::support::api_client::{unique_email, PASSWORD};
+use crate::support::proxy::Mode;
+
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.call(Method::GET, "/api/auth/me", Some(token), None)
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn register_login_me_and_logout() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let email = unique_email();
+    let registered = app.register(&email.to_uppercase(), PASSWORD).await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    assert_eq!(
+        registered.body["email"],
+        email.as_str(),
+        "stored lower-cased"
+    );
+    assert!(
+        registered.body.get("password").is_none() && registered.body.get("passwordHash").is_none()
+    );
+
+    let again = app.register(&email, "another password").await;
+    assert_eq!(again.status, 409);
+    again.error_paths();
+
+    let wrong = app.login(&email, "not the password").await;
+    assert_eq!(wrong.status, 401);
+    let unknown = app.login(&unique_email(), PASSWORD).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(
+        wrong.body["error"], unknown.body["error"],
+        "no user enumeration"
+    );
+
+    let login = app.login(&email, PASSWORD).await;
+    assert_eq!(login.status, 200);
+    let token = login.body["token"].as_str().unwrap();
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(login.body["expiresAt"].as_str().unwrap()).unwrap();
+    let lifetime = expires_at.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (3590..=3600).contains(&lifetime),
+        "JWT_EXPIRES_IN default: {lifetime}"
+    );
+
+    let claims = cartae_database_api::auth::jwt::verify(&app.state.settings.auth, token).unwrap();
+    assert_eq!(
+        (claims.iss.as_str(), claims.aud.as_str()),
+        ("cartae-api", "cartae-web")
+    );
+
+    let me_answer = app
+        .call(Method::GET, "/api/auth/me", Some(token), None)
+        .await;
+    assert_eq!(me_answer.status, 200);
+    assert_eq!(me_answer.body["email"], email.as_str());
+    assert_eq!(me_answer.body["id"], registered.body["id"]);
+
+    let logout = app
+        .call(Method::POST, "/api/auth/logout", Some(token), None)
+        .await;
+    assert_eq!(logout.status, 204);
+    let revoked = app
+        .call(Method::GET, "/api/auth/me", Some(token), None)
+        .await;
+    assert_eq!(revoked.status, 401);
+    assert_eq!(revoked.body["error"], "unauthorized: token revoked");
+    assert_eq!(revoked.header("www-authenticate"), Some("Bearer"));
+    // A retried logout is harmless.
+    let retried = app
+        .call(Method::POST, "/api/auth/logout", Some(token), None)
+        .await;
+    assert_eq!(retried.status, 204);
+    // Another token of the same user is unaffected.
+    let other = app.login(&email, PASSWORD).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(me(&app, &other).await, 200);
+}
+
+#[tokio::test]
+async fn registration_input_is_validated() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    for (body, path) in [
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            "$.email",
+        ),
+        (
+            json!({"email": unique_email(), "password": "short"}),
+            "$.password",
+        ),
+        (
+            json!({"email": unique_email(), "password": "x".repeat(129)}),
+            "$.password",
+        ),
+        (
+            json!({"email": "a\u{0}@b.co", "password": PASSWORD}),
+            "$.email",
+        ),
+        (
+            json!({"email": unique_email(), "password": PASSWORD, "admin": true}),
+            "$.admin",
+        ),
+        (json!({"email": 42, "password": PASSWORD}), "$.email"),
+        (json!({"password": PASSWORD}), "$"),
+    ] {
+        let answer = app
+            .call(Method::POST, "/api/auth/register", None, Some(&body))
+            .await;
+        assert_eq!(answer.status, 422, "{body} -> {}", answer.body);
+        assert!(
+            answer.error_paths().contains(&path.to_owned()),
+            "{body} -> {}",
+            answer.body
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
+struct RawClaims {
+    sub: Uuid,
+    iss: &'static str,
+    aud: &'static str,
+    iat: i64,
+    exp: i64,
+    jti: Uuid,
+}
+
+fn forge(secret: &str, iss: &'static str, aud: &'static str, exp_offset: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = RawClaims {
+        sub: Uuid::new_v4(),
+        iss,
+        aud,
+        iat: now,
+        exp: now + exp_offset,
+        jti: Uuid::new_v4(),
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn missing_expired_tampered_and_foreign_tokens_get_401_json() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    let mut tampered = token.clone();
+    // Flip one character of the signature.
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let (header, rest) = token.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let swapped_payload = format!(
+        "{header}.{}.{signature}",
+        forge(JWT_SECRET, "cartae-api", "cartae-web", 3600)
+            .split('.')
+            .nth(1)
+            .unwrap()
+    );
+    let cases = [
+        (
+            "expired",
+            forge(JWT_SECRET, "cartae-api", "cartae-web", -120),
+        ),
+        (
+            "wrong secret",
+            forge(
+                "another-secret-another-secret-0123",
+                "cartae-api",
+                "cartae-web",
+                3600,
+            ),
+        ),
+        (
+            "wrong issuer",
+            forge(JWT_SECRET, "someone-else", "cartae-web", 3600),
+        ),
+        (
+            "wrong audience",
+            forge(JWT_SECRET, "cartae-api", "somewhere-else", 3600),
+        ),
+        ("tampered signature", tampered),
+        ("swapped payload", swapped_payload),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    for (what, bad) in cases {
+        let answer = app.call(Method::GET, "/api/items", Some(&bad), None).await;
+        assert_eq!(answer.status, 401, "{what}: {}", answer.body);
+        answer.error_paths();
+    }
+    let expired = app
+        .call(
+            Method::GET,
+            "/api/auth/me",
+            Some(&forge(JWT_SECRET, "cartae-api", "cartae-web", -120)),
+            None,
+        )
+        .await;
+    assert_eq!(expired.body["error"], "unauthorized: token expired");
+    let missing = app.call(Method::GET, "/api/items", None, None).await;
+    assert_eq!(missing.status, 401);
+    let basic = crate::support::api_client::answer(
+        app.client
+            .get(app.url("/api/items"))
+            .header("Authorization", "Basic dXNlcjpwYXNz"),
+    )
+    .await;
+    assert_eq!(basic.status, 401);
+    assert_eq!(me(&app, &token).await, 200, "the genuine token still works");
+}
+
+#[tokio::test]
+async fn a_token_from_one_replica_works_on_another_and_so_does_its_revocation() {
+    let a = spawn_app().await;
+    let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
+    let token = a.new_user().await;
+    assert_eq!(me(&b, &token).await, 200);
+    let logout = b
+        .call(Method::POST, "/api/auth/logout", Some(&token), None)
+        .await;
+    assert_eq!(logout.status, 204);
+    assert_eq!(me(&a, &token).await, 401);
+    assert_eq!(me(&b, &token).await, 401);
+}
+
+#[tokio::test]
+async fn revocation_holds_through_a_redis_outage() {
+    let app = spawn_app_with(AppOptions::default().proxy_redis()).await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let other = app.new_user().await;
+    assert_eq!(me(&app, &token).await, 200);
+
+    app.redis_proxy().set_mode(Mode::Cut);
+    // Logout while Redis is unreachable: PostgreSQL keeps the revocation.
+    let logout = app
+        .call(Method::POST, "/api/auth/logout", Some(&token), None)
+        .await;
+    assert_eq!(logout.status, 204);
+    assert_eq!(
+        me(&app, &token).await,
+        401,
+        "revoked token accepted while Redis is down"
+    );
+    assert_eq!(
+        me(&app, &other).await,
+        200,
+        "valid tokens must keep working (no fail-closed)"
+    );
+
+    app.redis_proxy().set_mode(Mode::Forward);
+    // Once Redis answers again, the revocation it missed is copied back to it.
+    let claims = cartae_database_api::auth::jwt::verify(&app.state.settings.auth, &token).unwrap();
+    let key = format!("{}revoked:{}", app.key_prefix, claims.jti);
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(
+            me(&app, &token).await,
+            401,
+            "revoked token accepted after Redis came back"
+        );
+        assert_eq!(me(&app, &other).await, 200);
+        let present: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if present && !app.state.cache.is_suspect() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denylist was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(me(&app, &token).await, 401);
+}

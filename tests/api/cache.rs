@@ -1,0 +1,194 @@
+//! The Redis cache: hits, invalidation across replicas, and an outage during traffic.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{metric_value, spawn_app, spawn_app_with, AppOptions, TestApp};
+use crate::support::proxy::Mode;
+
+async fn counter(app: &TestApp, name: &str) -> f64 {
+    metric_value(&app.metrics().await, name, &[])
+}
+
+#[tokio::test]
+async fn item_reads_are_served_from_the_cache_until_a_write() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "cached").await;
+    let id = item["id"].as_str().unwrap();
+    app.get_item(&token, id).await;
+    let hits = counter(&app, "cache_hits_total").await;
+    for _ in 0..5 {
+        assert_eq!(app.get_item(&token, id).await.body["version"], 1);
+    }
+    assert!(counter(&app, "cache_hits_total").await >= hits + 5.0);
+
+    app.patch_item(&token, id, None, &json!({"title": "changed"}))
+        .await;
+    let read = app.get_item(&token, id).await;
+    assert_eq!(read.body["title"], "changed");
+    assert_eq!(read.body["version"], 2);
+    // The key holds the user: a cached item never answers another user.
+    let other = app.new_user().await;
+    assert_eq!(app.get_item(&other, id).await.status, 404);
+    let text = app.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "database_latency_seconds_count",
+            &[("query_type", "item_get")]
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "database_latency_seconds_count",
+            &[("query_type", "item_update")]
+        ) >= 1.0
+    );
+    assert_eq!(metric_value(&text, "cache_errors_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_write_on_one_replica_is_never_followed_by_a_stale_read_on_another() {
+    let a = spawn_app().await;
+    let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let token = a.new_user().await;
+    let item = a.note(&token, "v1").await;
+    let id = item["id"].as_str().unwrap();
+    for version in 2..=12 {
+        // B caches the current version (and its list and search pages)...
+        assert_eq!(b.get_item(&token, id).await.body["version"], version - 1);
+        assert_eq!(b.get_item(&token, id).await.body["version"], version - 1);
+        b.list_items(&token, "").await;
+        b.search(&token, "?q=v").await;
+        // ...A writes...
+        let title = format!("v{version}");
+        let patched = a
+            .patch_item(&token, id, None, &json!({"title": title}))
+            .await;
+        assert_eq!(patched.body["version"], version);
+        // ...and B's very next reads are fresh.
+        let read = b.get_item(&token, id).await;
+        assert_eq!(read.body["version"], version, "stale item on replica B");
+        let listed = b.list_items(&token, "").await;
+        assert_eq!(
+            listed.body["items"][0]["title"],
+            title.as_str(),
+            "stale list on replica B"
+        );
+    }
+    let created = a.note(&token, "brand new").await;
+    assert_eq!(
+        b.list_items(&token, "").await.body["items"][0]["id"],
+        created["id"]
+    );
+    let deleted = a
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/items/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        b.get_item(&token, id).await.status,
+        404,
+        "deleted item served by B"
+    );
+    assert!(
+        counter(&b, "cache_hits_total").await >= 11.0,
+        "B really used the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_outage_during_traffic_fails_no_request() {
+    let app = spawn_app_with(AppOptions::default().proxy_redis()).await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(
+                app.note(&token, &format!("item {i}")).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    };
+    let errors_before = counter(&app, "cache_errors_total").await;
+    let mut versions = vec![1i64; ids.len()];
+    let mut failures = Vec::new();
+    for step in 0..150 {
+        if step == 40 || step == 100 {
+            // Fill the cache just before the outage: the writes during it cannot
+            // invalidate these entries, and reads after it must not serve them.
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(app.get_item(&token, id).await.body["version"], versions[i]);
+                assert_eq!(app.get_item(&token, id).await.body["version"], versions[i]);
+            }
+        }
+        match step {
+            40 => app.redis_proxy().set_mode(Mode::Cut),
+            80 => app.redis_proxy().set_mode(Mode::Forward),
+            100 => app.redis_proxy().set_mode(Mode::Hang),
+            120 => app.redis_proxy().set_mode(Mode::Forward),
+            _ => {}
+        }
+        let i = step % ids.len();
+        let read = app.get_item(&token, &ids[i]).await;
+        if read.status != 200 || read.body["version"] != versions[i] {
+            failures.push(format!("step {step} read: {} {}", read.status, read.body));
+        }
+        if step % 3 == 0 {
+            let write = app
+                .patch_item(
+                    &token,
+                    &ids[i],
+                    None,
+                    &json!({"content": format!("step {step}")}),
+                )
+                .await;
+            if write.status != 200 {
+                failures.push(format!(
+                    "step {step} write: {} {}",
+                    write.status, write.body
+                ));
+            }
+            versions[i] += 1;
+        }
+        if step % 10 == 0 {
+            let list = app.list_items(&token, "").await;
+            if list.status != 200 {
+                failures.push(format!("step {step} list: {}", list.status));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "requests failed or were stale: {failures:#?}"
+    );
+    assert!(
+        counter(&app, "cache_errors_total").await > errors_before,
+        "the outage was not counted"
+    );
+
+    // After the outage the cache is used again.
+    let hits = counter(&app, "cache_hits_total").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&app, "cache_hits_total").await < hits + 3.0 {
+        assert!(Instant::now() < deadline, "the cache was never used again");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(app.get_item(&token, id).await.body["version"], versions[i]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
