@@ -30,7 +30,7 @@ use tracing::Span;
 pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
 
 use crate::lifecycle::Lifecycle;
-use crate::metrics::track_requests;
+use crate::metrics::TrackRequestsLayer;
 use crate::state::AppState;
 
 /// Largest accepted request body.
@@ -137,7 +137,7 @@ pub fn app(state: AppState) -> Router {
                 "handler panicked"
             )))
         }))
-        .layer(from_fn_with_state(state.metrics.clone(), track_requests))
+        .layer(TrackRequestsLayer::new(state.metrics.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
     routes(&state)
         .fallback(not_found)

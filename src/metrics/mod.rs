@@ -7,7 +7,7 @@
 mod middleware;
 mod server;
 
-pub use middleware::track_requests;
+pub use middleware::TrackRequestsLayer;
 pub use server::serve_metrics;
 
 use prometheus::{
