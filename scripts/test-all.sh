@@ -31,5 +31,6 @@ command -v prometheus >/dev/null || apt_install prometheus
 
 cargo build --release -p cartae-database-api
 cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-8}"
+cargo run --release -q -p cartae-harness --bin bench -- --smoke
 
 bash infra/ci/check-infra.sh

@@ -363,14 +363,27 @@ pub fn cycle_script(
     }
     // Built in `init`: only then has wrk added the Host header to `wrk.headers`, and
     // HTTP/1.1 without Host is a 400 for any real proxy.
-    lua.push_str("local reqs = {}\ninit = function(args)\n");
+    // `wrk.format` takes its headers instead of `wrk.headers`, not on top of them: a
+    // request with a body gets a copy with its content type added.
+    lua.push_str(
+        "local reqs = {}\n\
+         local function with_json()\n\
+         \x20 local h = {}\n\
+         \x20 for k, v in pairs(wrk.headers) do h[k] = v end\n\
+         \x20 h[\"Content-Type\"] = \"application/json\"\n\
+         \x20 return h\n\
+         end\n\
+         init = function(args)\n",
+    );
     for (method, path, body) in requests {
-        let body = body.as_deref().map(lua_str).unwrap_or_else(|| "nil".into());
+        let (headers, body) = match body.as_deref() {
+            Some(b) => ("with_json()".to_owned(), lua_str(b)),
+            None => ("nil".to_owned(), "nil".to_owned()),
+        };
         lua.push_str(&format!(
-            "  table.insert(reqs, wrk.format({}, {}, nil, {}))\n",
+            "  table.insert(reqs, wrk.format({}, {}, {headers}, {body}))\n",
             lua_str(method),
             lua_str(path),
-            body
         ));
     }
     lua.push_str("end\n");
