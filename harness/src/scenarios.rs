@@ -640,7 +640,11 @@ impl Drill {
         let restored = Instant::now();
         self.cluster.redis_proxy.set_mode(Mode::Forward);
         let recovery = self
-            .until_all("/health", 200, restored, Duration::from_secs(5))
+            .until_all_health(
+                |b| b["checks"]["redis"]["status"] == "ok",
+                restored,
+                Duration::from_secs(5),
+            )
             .await;
         let cache_back = crate::process::wait_until(Duration::from_secs(10), || async {
             self.cache_hits().await > hits_before
@@ -675,8 +679,9 @@ impl Drill {
             r.problems
                 .push("the cache was not used again after Redis returned".to_owned());
         }
-        r.notes =
-            "detection = until /health degraded everywhere; recovery = until healthy".to_owned();
+        r.notes = "detection = until every /health says redis failed, status degraded; \
+                   recovery = until redis ok"
+            .to_owned();
         self.check_writes(&outcomes, &mut r.problems).await?;
         Ok(r)
     }
