@@ -82,6 +82,8 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     pub auth: AuthSettings,
     pub cache: CacheSettings,
+    /// How long an `Idempotency-Key` replays its first response; older keys are purged.
+    pub idempotency_key_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -447,7 +449,16 @@ impl Settings {
             ));
         }
 
+        let idempotency_key_ttl_hours: u64 = parse_or(src, "IDEMPOTENCY_KEY_TTL_HOURS", 24)?;
+        if idempotency_key_ttl_hours == 0 {
+            return Err(ConfigError::new(
+                "IDEMPOTENCY_KEY_TTL_HOURS",
+                "must be at least 1 hour",
+            ));
+        }
+
         Ok(Self {
+            idempotency_key_ttl: Duration::from_secs(idempotency_key_ttl_hours * 3600),
             host,
             port,
             metrics_port,
@@ -589,6 +600,10 @@ mod tests {
         );
         assert_eq!(error_var(&[("JWT_SECRET", "short")]), "JWT_SECRET");
         assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
+        assert_eq!(
+            error_var(&[("IDEMPOTENCY_KEY_TTL_HOURS", "0")]),
+            "IDEMPOTENCY_KEY_TTL_HOURS"
+        );
         assert_eq!(
             error_var(&[("PASSWORD_HASH_MEMORY_KIB", "8")]),
             "PASSWORD_HASH_MEMORY_KIB"

@@ -114,6 +114,7 @@ impl Application {
         let tasks = TaskTracker::new();
         tasks.spawn(monitor.run(shutdown.clone()));
         tasks.spawn(start_up(state.clone(), shutdown.clone()));
+        tasks.spawn(purge_periodically(state.clone(), shutdown.clone()));
         let mut api = tokio::spawn({
             let app = crate::api::app(state.clone());
             let stop = shutdown.clone();
@@ -181,6 +182,30 @@ impl Application {
 fn forced() -> Stopped {
     tracing::warn!("second stop signal: exiting now");
     Stopped::Forced
+}
+
+/// How often expired idempotency keys and revocations are purged. Every replica purges;
+/// the deletes are idempotent, and a few cheap indexed statements per interval cost little.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+async fn purge_periodically(state: AppState, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !state.lifecycle.is_started() {
+            continue;
+        }
+        match crate::db::retention::purge(&state.db, state.settings.idempotency_key_ttl).await {
+            Ok(purged) => tracing::debug!(?purged, "expired rows purged"),
+            Err(e) => {
+                tracing::warn!(error = %e, "purge of expired rows failed; retried next interval")
+            }
+        }
+    }
 }
 
 /// Applies the migrations (retrying while PostgreSQL is unreachable), then waits for a

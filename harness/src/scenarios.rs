@@ -496,6 +496,34 @@ impl Drill {
         .then(|| since.elapsed())
     }
 
+    /// Time until every replica's `/health` body satisfies `check`.
+    async fn until_all_health(
+        &self,
+        check: impl Fn(&serde_json::Value) -> bool,
+        since: Instant,
+        within: Duration,
+    ) -> Option<Duration> {
+        crate::process::wait_until(within, || async {
+            let mut matching = 0;
+            for i in &self.cluster.instances {
+                if let Ok(r) = self
+                    .client
+                    .get(i.url("/health"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                {
+                    if check(&r.json().await.unwrap_or_default()) {
+                        matching += 1;
+                    }
+                }
+            }
+            matching == self.cluster.instances.len()
+        })
+        .await
+        .then(|| since.elapsed())
+    }
+
     fn two_intervals(&self) -> Duration {
         let t = &self.cluster.timings;
         // Two check intervals, plus one check's timeout, plus the polling step.
@@ -587,20 +615,12 @@ impl Drill {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cut = Instant::now();
         self.cluster.redis_proxy.set_mode(Mode::Cut);
-        let detection = crate::process::wait_until(Duration::from_secs(5), || async {
-            let mut degraded = 0;
-            for i in &self.cluster.instances {
-                if let Ok(r) = self.client.get(i.url("/health")).send().await {
-                    let body: serde_json::Value = r.json().await.unwrap_or_default();
-                    if body["status"] == "degraded" {
-                        degraded += 1;
-                    }
-                }
-            }
-            degraded == self.cluster.instances.len()
-        })
-        .await
-        .then(|| cut.elapsed());
+        let redis_failed_but_degraded = |b: &serde_json::Value| {
+            b["checks"]["redis"]["status"] == "failed" && b["status"] == "degraded"
+        };
+        let detection = self
+            .until_all_health(redis_failed_but_degraded, cut, Duration::from_secs(5))
+            .await;
         let mut not_ready = 0;
         while cut.elapsed() < OUTAGE {
             for i in &self.cluster.instances {
@@ -620,7 +640,11 @@ impl Drill {
         let restored = Instant::now();
         self.cluster.redis_proxy.set_mode(Mode::Forward);
         let recovery = self
-            .until_all("/health", 200, restored, Duration::from_secs(5))
+            .until_all_health(
+                |b| b["checks"]["redis"]["status"] == "ok",
+                restored,
+                Duration::from_secs(5),
+            )
             .await;
         let cache_back = crate::process::wait_until(Duration::from_secs(10), || async {
             self.cache_hits().await > hits_before
@@ -641,8 +665,10 @@ impl Drill {
             ));
         }
         if detection.is_none() {
-            r.problems
-                .push("/health never reported degraded on every replica".to_owned());
+            r.problems.push(
+                "/health never reported redis failed and status degraded on every replica"
+                    .to_owned(),
+            );
         }
         if not_ready > 0 {
             r.problems.push(format!(
@@ -653,8 +679,9 @@ impl Drill {
             r.problems
                 .push("the cache was not used again after Redis returned".to_owned());
         }
-        r.notes =
-            "detection = until /health degraded everywhere; recovery = until healthy".to_owned();
+        r.notes = "detection = until every /health says redis failed, status degraded; \
+                   recovery = until redis ok"
+            .to_owned();
         self.check_writes(&outcomes, &mut r.problems).await?;
         Ok(r)
     }

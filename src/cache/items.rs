@@ -1,7 +1,8 @@
 //! Cache-aside for item reads: `GET /api/items/{id}` (TTL `CACHE_ITEM_TTL_MS`), and list
 //! and search pages (TTL `CACHE_QUERY_TTL_MS`). Keys hold the user, so one user's entry
-//! can never answer another's request; every write bumps the user's generation, which
-//! stales all of them at once (see [`super::stamped`]).
+//! can never answer another's request. An item entry follows the item's own generation;
+//! list and search pages follow the user's, which every write of the user bumps (see
+//! [`super::stamped`]).
 
 use std::future::Future;
 
@@ -23,8 +24,9 @@ pub fn item_key(state: &AppState, user: Uuid, id: Uuid) -> String {
 /// One item, from Redis when fresh, else from PostgreSQL (then cached).
 pub async fn get_item(state: &AppState, user: Uuid, id: Uuid) -> ApiResult<Option<Item>> {
     let key = item_key(state, user, id);
+    let generation = stamped::item_generation_key(&state.cache, user, id);
     let ttl = state.settings.cache.item_ttl;
-    read_through(state, user, &key, ttl, async {
+    read_through(state, &generation, &key, ttl, async {
         Ok(items::get(&state.db, user, id).await?)
     })
     .await
@@ -47,13 +49,14 @@ where
     let key = state
         .cache
         .key(format_args!("{kind}:{user}:{}", hex(&digest)));
+    let generation = stamped::user_generation_key(&state.cache, user);
     let ttl = state.settings.cache.query_ttl;
-    read_through(state, user, &key, ttl, load).await
+    read_through(state, &generation, &key, ttl, load).await
 }
 
 async fn read_through<T, F>(
     state: &AppState,
-    user: Uuid,
+    generation: &str,
     key: &str,
     ttl: std::time::Duration,
     load: F,
@@ -62,7 +65,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = ApiResult<T>>,
 {
-    let stamp = match stamped::get(&state.cache, &state.db, user, key).await {
+    let stamp = match stamped::get(&state.cache, &state.db, generation, key).await {
         Lookup::Hit(payload) => match serde_json::from_str(&payload) {
             Ok(value) => return Ok(value),
             // Written by an older release with another shape: treat as a miss.
@@ -80,10 +83,18 @@ where
     Ok(value)
 }
 
-/// After a committed write, before answering: every cached read of `user` goes stale.
+/// After a committed write, before answering: the written items and every list and search
+/// page of `user` go stale.
 pub async fn invalidate(state: &AppState, user: Uuid, ids: &[Uuid]) {
     let keys: Vec<String> = ids.iter().map(|id| item_key(state, user, *id)).collect();
-    stamped::invalidate_user(&state.cache, user, &keys).await;
+    let generations: Vec<String> =
+        std::iter::once(stamped::user_generation_key(&state.cache, user))
+            .chain(
+                ids.iter()
+                    .map(|id| stamped::item_generation_key(&state.cache, user, *id)),
+            )
+            .collect();
+    stamped::invalidate(&state.cache, &generations, &keys).await;
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,15 +1,18 @@
 //! Cache-aside entries that a single `INCR` makes stale, on every replica at once.
 //!
 //! Each entry is stored as `epoch:generation:payload`, stamped with the cluster-wide cache
-//! epoch and the owner's generation counter as they were read *before* the PostgreSQL
+//! epoch and the entry's generation counter as they were read *before* the PostgreSQL
 //! read that produced the payload. A lookup reads epoch, generation and entry in one round
 //! trip and accepts the entry only if both stamps still match. A write commits to
-//! PostgreSQL, then increments the user's generation before it answers. So:
+//! PostgreSQL, then increments the generations it affects before it answers. So:
 //!
 //! - a reader that filled from PostgreSQL before the commit stamped its entry with the old
 //!   generation, which no longer matches: the classic cache-aside race (read old, write,
 //!   invalidate, store old) cannot leave a stale entry behind;
-//! - one increment invalidates the user's item, list and search entries together;
+//! - an item entry follows its own generation, so writing one item leaves the user's
+//!   other cached items alone (a user who writes often still gets cache hits);
+//! - list and search pages follow the user's generation, which every write of the user
+//!   increments: one increment stales all of them together;
 //! - a missing epoch or generation (first use, eviction under `maxmemory`, expiry) is
 //!   re-created with a random value, so a re-created counter never matches an old stamp.
 
@@ -61,8 +64,14 @@ pub fn epoch_key(cache: &Cache) -> String {
     cache.key(format_args!("epoch"))
 }
 
-fn generation_key(cache: &Cache, user: Uuid) -> String {
+/// The generation of every list and search page of `user`.
+pub fn user_generation_key(cache: &Cache, user: Uuid) -> String {
     cache.key(format_args!("gen:{user}"))
+}
+
+/// The generation of one item's entry.
+pub fn item_generation_key(cache: &Cache, user: Uuid, item: Uuid) -> String {
+    cache.key(format_args!("gen:{user}:{item}"))
 }
 
 /// Generation counters must outlive every entry stamped with them; a day does.
@@ -74,16 +83,12 @@ fn random_counter() -> String {
     (bits | (1 << 60)).to_string()
 }
 
-/// Looks up `key`, an entry belonging to `user`. Counts hits and misses.
-pub async fn get(cache: &Cache, db: &Database, user: Uuid, key: &str) -> Lookup {
+/// Looks up `key`, an entry that follows the counter `generation`. Counts hits and misses.
+pub async fn get(cache: &Cache, db: &Database, generation: &str, key: &str) -> Lookup {
     if !super::trust::ensure_trusted(cache, db).await {
         return Lookup::Unavailable;
     }
-    let keys = [
-        epoch_key(cache),
-        generation_key(cache, user),
-        key.to_owned(),
-    ];
+    let keys = [epoch_key(cache), generation.to_owned(), key.to_owned()];
     let found = cache
         .run(|mut conn| async move {
             redis::cmd("EVAL")
@@ -131,16 +136,17 @@ pub async fn fill(cache: &Cache, key: &str, stamp: &Stamp, payload: &str, ttl: D
         .await;
 }
 
-/// Makes every entry of `user` stale, and drops `keys` outright (to free memory early).
-/// Called after a write commits and before it is answered.
-pub async fn invalidate_user(cache: &Cache, user: Uuid, keys: &[String]) {
-    let generation = generation_key(cache, user);
+/// Makes every entry that follows one of `generations` stale, and drops `keys` outright
+/// (to free memory early). Called after a write commits and before it is answered.
+pub async fn invalidate(cache: &Cache, generations: &[String], keys: &[String]) {
     let mut pipe = redis::pipe();
-    pipe.cmd("INCR").arg(&generation).ignore();
-    pipe.cmd("PEXPIRE")
-        .arg(&generation)
-        .arg(GENERATION_TTL.as_millis() as u64)
-        .ignore();
+    for generation in generations {
+        pipe.cmd("INCR").arg(generation).ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(generation)
+            .arg(GENERATION_TTL.as_millis() as u64)
+            .ignore();
+    }
     if !keys.is_empty() {
         pipe.cmd("DEL").arg(keys).ignore();
     }
@@ -149,6 +155,6 @@ pub async fn invalidate_user(cache: &Cache, user: Uuid, keys: &[String]) {
         .await;
     if let Err(e) = result {
         // Counted and marked suspect by `run`; the repair's epoch bump covers it.
-        tracing::warn!(error = %e, %user, "cache invalidation failed; repaired when redis answers");
+        tracing::warn!(error = %e, "cache invalidation failed; repaired when redis answers");
     }
 }

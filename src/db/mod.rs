@@ -6,6 +6,7 @@
 
 pub mod idempotency;
 pub mod items;
+pub mod retention;
 pub mod revocations;
 pub mod users;
 

@@ -52,6 +52,58 @@ async fn item_reads_are_served_from_the_cache_until_a_write() {
 }
 
 #[tokio::test]
+async fn writing_one_item_keeps_the_others_cached_and_batches_stale_what_they_update() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let source = |id: &str| json!({"connector": "drive", "sourceId": id});
+    let a = app
+        .upsert(
+            &token,
+            &json!({"type": "file", "title": "a v1", "source": source("a")}),
+        )
+        .await;
+    let b = app.note(&token, "b").await;
+    let (a_id, b_id) = (
+        a.body["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap(),
+    );
+    // Fill both entries.
+    app.get_item(&token, &a_id).await;
+    app.get_item(&token, b_id).await;
+
+    // A write of another item does not evict b.
+    app.note(&token, "unrelated").await;
+    let hits = counter(&app, "cache_hits_total").await;
+    assert_eq!(app.get_item(&token, b_id).await.body["title"], "b");
+    assert_eq!(
+        counter(&app, "cache_hits_total").await,
+        hits + 1.0,
+        "b should still be cached"
+    );
+
+    // A batch that updates a makes its cached entry stale at once.
+    app.get_item(&token, &a_id).await;
+    let batch = app
+        .batch(
+            &token,
+            vec![json!({"type": "file", "title": "a v2", "source": source("a")})],
+        )
+        .await;
+    assert_eq!(batch.body["updated"], 1, "{:?}", batch.body);
+    let read = app.get_item(&token, &a_id).await;
+    assert_eq!(read.body["title"], "a v2");
+    assert_eq!(read.body["version"], 2);
+    // So does an upsert.
+    app.upsert(
+        &token,
+        &json!({"type": "file", "title": "a v3", "source": source("a")}),
+    )
+    .await;
+    assert_eq!(app.get_item(&token, &a_id).await.body["title"], "a v3");
+}
+
+#[tokio::test]
 async fn a_write_on_one_replica_is_never_followed_by_a_stale_read_on_another() {
     let a = spawn_app().await;
     let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;

@@ -16,5 +16,6 @@ mod openapi;
 mod outages;
 mod pagination;
 mod probes;
+mod retention;
 mod search;
 mod upserts;

@@ -407,24 +407,36 @@ pub async fn batch(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
     let (db, owner) = (state.db.clone(), user.id);
+    // The updated items' cache entries must go stale; the transaction reports their ids.
+    let updated_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let updated = updated_ids.clone();
     let outcome = run_once(&state.db, keyed, move |tx| {
         Box::pin(async move {
             let mut result = BatchResult {
                 created: 0,
                 updated: 0,
             };
+            let mut ids = Vec::new();
             for item in &batch.items {
                 match items::upsert(&db, &mut *tx, owner, item).await? {
                     (_, true) => result.created += 1,
-                    (_, false) => result.updated += 1,
+                    (row, false) => {
+                        result.updated += 1;
+                        ids.push(row.id);
+                    }
                 }
             }
+            *updated.lock().unwrap_or_else(|e| e.into_inner()) = ids;
             Reply::json(StatusCode::OK, &result)
         })
     })
     .await?;
     if let Outcome::Fresh(_) = outcome {
-        cache::items::invalidate(&state, user.id, &[]).await;
+        let ids = updated_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        cache::items::invalidate(&state, user.id, &ids).await;
     }
     Ok(outcome)
 }
