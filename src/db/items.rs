@@ -307,11 +307,15 @@ pub async fn search(
     tags: &[String],
     limit: i64,
 ) -> Result<Vec<(Item, f32)>, sqlx::Error> {
+    // No tags must skip `tags @>` altogether: under the generic plan PostgreSQL switches
+    // to after five runs of a prepared statement, `tags @> '{}'` is read from the tags
+    // GIN index, which matches every row (BENCHMARKS.md: 67 ms instead of 6 ms at 1M).
     let query = sqlx::query_as::<_, SearchRow>(concat!(
         "SELECT ts_rank_cd(search, q) AS score, ",
         item_columns!(),
         " FROM items, websearch_to_tsquery('english', $2) AS q
-         WHERE user_id = $1 AND search @@ q AND tags @> $3::text[]
+         WHERE user_id = $1 AND search @@ q
+           AND (cardinality($3::text[]) = 0 OR tags @> $3::text[])
          ORDER BY score DESC, created_at DESC, id DESC
          LIMIT $4"
     ))
