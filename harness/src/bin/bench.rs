@@ -79,7 +79,9 @@ async fn run() -> anyhow::Result<()> {
     let smoke = flag("--smoke");
     let only = arg("--only");
     ensure_wrk()?;
-    let binary = release_binary()?;
+    // Absolute: replicas start in a scratch directory, where a relative path would not
+    // resolve.
+    let binary = std::fs::canonicalize(release_binary()?)?;
     let root = cartae_harness::repo_root();
     let scratch = root.join("target").join("bench-scratch").join(format!(
         "{}",
