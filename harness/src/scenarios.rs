@@ -451,9 +451,24 @@ impl Drill {
             .take(20)
             .filter_map(|o| o.instance.clone())
             .collect();
+        let failed_kinds: Vec<String> = outcomes
+            .iter()
+            .filter(|o| !o.ok())
+            .map(|o| {
+                format!(
+                    "{:?} {}",
+                    o.kind,
+                    o.status.map_or("no answer".to_owned(), |s| s.to_string())
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         r.notes = format!(
-            "{} failed while replicas were being killed; last served by {:?}",
-            r.failed, survivors
+            "{} failed while replicas were being killed ({}); last served by {:?}",
+            r.failed,
+            failed_kinds.join(", "),
+            survivors
         );
         if late_failures > 0 {
             r.problems.push(format!(
