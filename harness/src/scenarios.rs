@@ -451,9 +451,27 @@ impl Drill {
             .take(20)
             .filter_map(|o| o.instance.clone())
             .collect();
+        let failed_kinds: Vec<String> = outcomes
+            .iter()
+            .filter(|o| !o.ok())
+            .map(|o| {
+                format!(
+                    "{:?} {}",
+                    o.kind,
+                    o.status.map_or("no answer".to_owned(), |s| s.to_string())
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let kinds = if failed_kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed_kinds.join(", "))
+        };
         r.notes = format!(
-            "{} failed while replicas were being killed; last served by {:?}",
-            r.failed, survivors
+            "{} failed while replicas were being killed{kinds}; last served by {survivors:?}",
+            r.failed
         );
         if late_failures > 0 {
             r.problems.push(format!(
@@ -468,52 +486,25 @@ impl Drill {
         Ok(r)
     }
 
-    /// Time until every replica's `path` answers `status` (polled directly, not through
-    /// the balancer).
+    /// Time until every replica's `path` (polled directly, not through the balancer)
+    /// answers with a status and JSON body that satisfy `check`.
     async fn until_all(
         &self,
         path: &str,
-        status: u16,
+        check: impl Fn(u16, &serde_json::Value) -> bool,
         since: Instant,
         within: Duration,
     ) -> Option<Duration> {
         crate::process::wait_until(within, || async {
             let mut matching = 0;
             for i in &self.cluster.instances {
-                let answer = self
+                let request = self
                     .client
                     .get(i.url(path))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await;
-                if answer.is_ok_and(|r| r.status() == status) {
-                    matching += 1;
-                }
-            }
-            matching == self.cluster.instances.len()
-        })
-        .await
-        .then(|| since.elapsed())
-    }
-
-    /// Time until every replica's `/health` body satisfies `check`.
-    async fn until_all_health(
-        &self,
-        check: impl Fn(&serde_json::Value) -> bool,
-        since: Instant,
-        within: Duration,
-    ) -> Option<Duration> {
-        crate::process::wait_until(within, || async {
-            let mut matching = 0;
-            for i in &self.cluster.instances {
-                if let Ok(r) = self
-                    .client
-                    .get(i.url("/health"))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                {
-                    if check(&r.json().await.unwrap_or_default()) {
+                    .timeout(Duration::from_millis(500));
+                if let Ok(r) = request.send().await {
+                    let status = r.status().as_u16();
+                    if check(status, &r.json().await.unwrap_or_default()) {
                         matching += 1;
                     }
                 }
@@ -546,7 +537,7 @@ impl Drill {
         let cut = Instant::now();
         self.cluster.pg_proxy.set_mode(Mode::Cut);
         let detection = self
-            .until_all("/ready", 503, cut, Duration::from_secs(5))
+            .until_all("/ready", |s, _| s == 503, cut, Duration::from_secs(5))
             .await;
         let mut live_failures = 0;
         while cut.elapsed() < OUTAGE {
@@ -566,7 +557,7 @@ impl Drill {
         let restored = Instant::now();
         self.cluster.pg_proxy.set_mode(Mode::Forward);
         let recovery = self
-            .until_all("/ready", 200, restored, Duration::from_secs(10))
+            .until_all("/ready", |s, _| s == 200, restored, Duration::from_secs(10))
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let outcomes = load.stop().await;
@@ -619,7 +610,12 @@ impl Drill {
             b["checks"]["redis"]["status"] == "failed" && b["status"] == "degraded"
         };
         let detection = self
-            .until_all_health(redis_failed_but_degraded, cut, Duration::from_secs(5))
+            .until_all(
+                "/health",
+                |_, b| redis_failed_but_degraded(b),
+                cut,
+                Duration::from_secs(5),
+            )
             .await;
         let mut not_ready = 0;
         while cut.elapsed() < OUTAGE {
@@ -640,8 +636,9 @@ impl Drill {
         let restored = Instant::now();
         self.cluster.redis_proxy.set_mode(Mode::Forward);
         let recovery = self
-            .until_all_health(
-                |b| b["checks"]["redis"]["status"] == "ok",
+            .until_all(
+                "/health",
+                |_, b| b["checks"]["redis"]["status"] == "ok",
                 restored,
                 Duration::from_secs(5),
             )
