@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_cartae-database-api");
 
-/// A free loopback port. Another process could take it before the child binds it; on a
-/// test machine that race is rare and shows up as a clear bind error.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use cartae_harness::process::free_port;
 
 pub struct Replica {
     pub child: Child,
@@ -66,11 +58,10 @@ impl Replica {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        assert!(
+            cartae_harness::process::send_signal(self.pid(), signal),
+            "kill -{signal} failed"
+        );
     }
 
     pub fn logs(&self) -> String {
