@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::jwt::TokenKeys;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
@@ -62,6 +63,7 @@ impl Application {
         );
         let state = AppState {
             lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
+            tokens: Arc::new(TokenKeys::new(&settings.auth)),
             settings: Arc::new(settings),
             db,
             cache,

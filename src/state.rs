@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::jwt::TokenKeys;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
@@ -18,6 +19,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: HealthHandle,
     pub lifecycle: Arc<Lifecycle>,
+    pub tokens: Arc<TokenKeys>,
 }
 
 impl AppState {

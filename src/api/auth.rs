@@ -9,7 +9,7 @@ use axum::Router;
 use super::extract::{IdempotencyKey, Json};
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
 use super::{ApiError, ApiResult, ErrorBody};
-use crate::auth::{jwt, password, revocation, AuthUser, VerifiedToken};
+use crate::auth::{password, revocation, AuthUser, VerifiedToken};
 use crate::db::users;
 use crate::model::auth::{Credentials, TokenResponse, User};
 use crate::model::item::validated;
@@ -108,7 +108,7 @@ pub async fn login(
     if !password::verify(credentials.password, user.password_hash).await? {
         return Err(wrong());
     }
-    let issued = jwt::issue(&state.settings.auth, user.id).map_err(anyhow::Error::from)?;
+    let issued = state.tokens.issue(user.id).map_err(anyhow::Error::from)?;
     tracing::info!(user = %user.id, "token issued");
     Ok(axum::Json(TokenResponse {
         token: issued.token,

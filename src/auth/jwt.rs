@@ -34,42 +34,54 @@ pub struct Issued {
     pub expires_at: DateTime<Utc>,
 }
 
-pub fn issue(settings: &AuthSettings, user: Uuid) -> Result<Issued, jsonwebtoken::errors::Error> {
-    let now = Utc::now();
-    let lifetime = chrono::Duration::from_std(settings.jwt_expires_in)
-        .unwrap_or_else(|_| chrono::Duration::hours(1));
-    let expires_at = now + lifetime;
-    let claims = Claims {
-        sub: user,
-        iss: ISSUER.to_owned(),
-        aud: AUDIENCE.to_owned(),
-        iat: now.timestamp(),
-        exp: expires_at.timestamp(),
-        jti: Uuid::new_v4(),
-    };
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(settings.jwt_secret.expose().as_bytes()),
-    )?;
-    Ok(Issued {
-        token,
-        expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at),
-    })
+/// The keys and rules for issuing and verifying tokens, built once at start: verifying
+/// is on every authenticated request, and rebuilding the key and the validation rules
+/// each time was a measurable part of a cached item read.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    lifetime: chrono::Duration,
 }
 
-/// Checks signature, algorithm, issuer, audience and expiry. Revocation is checked
-/// separately (it needs Redis or PostgreSQL).
-pub fn verify(settings: &AuthSettings, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_issuer(&[ISSUER]);
-    validation.set_audience(&[AUDIENCE]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    validation.leeway = LEEWAY_SECS;
-    decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(settings.jwt_secret.expose().as_bytes()),
-        &validation,
-    )
-    .map(|data| data.claims)
+impl TokenKeys {
+    pub fn new(settings: &AuthSettings) -> Self {
+        let secret = settings.jwt_secret.expose().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECS;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            lifetime: chrono::Duration::from_std(settings.jwt_expires_in)
+                .unwrap_or_else(|_| chrono::Duration::hours(1)),
+        }
+    }
+
+    pub fn issue(&self, user: Uuid) -> Result<Issued, jsonwebtoken::errors::Error> {
+        let now = Utc::now();
+        let expires_at = now + self.lifetime;
+        let claims = Claims {
+            sub: user,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            jti: Uuid::new_v4(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok(Issued {
+            token,
+            expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires_at),
+        })
+    }
+
+    /// Checks signature, algorithm, issuer, audience and expiry. Revocation is checked
+    /// separately (it needs Redis or PostgreSQL).
+    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+        decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims)
+    }
 }

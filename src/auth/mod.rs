@@ -48,7 +48,7 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 
 fn verified(parts: &Parts, state: &AppState) -> Result<Claims, ApiError> {
     let token = bearer(parts)?;
-    jwt::verify(&state.settings.auth, token).map_err(|e| {
+    state.tokens.verify(token).map_err(|e| {
         let why = match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
             _ => "invalid token",

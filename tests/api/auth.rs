@@ -58,7 +58,7 @@ async fn register_login_me_and_logout() {
         "JWT_EXPIRES_IN default: {lifetime}"
     );
 
-    let claims = cartae_database_api::auth::jwt::verify(&app.state.settings.auth, token).unwrap();
+    let claims = app.state.tokens.verify(token).unwrap();
     assert_eq!(
         (claims.iss.as_str(), claims.aud.as_str()),
         ("cartae-api", "cartae-web")
@@ -272,7 +272,7 @@ async fn revocation_holds_through_a_redis_outage() {
 
     app.redis_proxy().set_mode(Mode::Forward);
     // Once Redis answers again, the revocation it missed is copied back to it.
-    let claims = cartae_database_api::auth::jwt::verify(&app.state.settings.auth, &token).unwrap();
+    let claims = app.state.tokens.verify(&token).unwrap();
     let key = format!("{}revoked:{}", app.key_prefix, claims.jti);
     let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
