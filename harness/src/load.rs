@@ -67,18 +67,7 @@ impl Workload {
                 response.text().await.unwrap_or_default()
             );
         }
-        let login: Value = client
-            .post(format!("{base}/api/auth/login"))
-            .json(&credentials)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let token = login["token"]
-            .as_str()
-            .context("login gave no token")?
-            .to_owned();
+        let token = sign_in(client, base, &credentials).await?;
         let mut item_ids = Vec::new();
         for i in 0..20 {
             let term = SEARCH_TERMS[i % SEARCH_TERMS.len()];
@@ -99,6 +88,26 @@ impl Workload {
             search_terms: SEARCH_TERMS.iter().map(|s| s.to_string()).collect(),
         })
     }
+}
+
+/// Logs in with `{email, password}` and returns the bearer token.
+pub async fn sign_in(
+    client: &reqwest::Client,
+    base: &str,
+    credentials: &Value,
+) -> anyhow::Result<String> {
+    let login: Value = client
+        .post(format!("{base}/api/auth/login"))
+        .json(credentials)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(login["token"]
+        .as_str()
+        .context("login gave no token")?
+        .to_owned())
 }
 
 #[derive(Debug, Clone)]

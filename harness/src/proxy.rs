@@ -116,6 +116,22 @@ async fn pump_pair(client: TcpStream, server: TcpStream, control: Arc<Control>) 
     }
 }
 
+/// Waits while the proxy hangs. True when forwarding, false when cut (or dropped).
+async fn until_forwarding(mode: &mut watch::Receiver<Mode>) -> bool {
+    loop {
+        let current = *mode.borrow_and_update();
+        match current {
+            Mode::Forward => return true,
+            Mode::Cut => return false,
+            Mode::Hang => {
+                if mode.changed().await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -126,18 +142,8 @@ async fn pump(
     let mut mode = control.mode.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        // Wait while hanging; stop when cut.
-        loop {
-            let current = *mode.borrow_and_update();
-            match current {
-                Mode::Forward => break,
-                Mode::Cut => return,
-                Mode::Hang => {
-                    if mode.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
+        if !until_forwarding(&mut mode).await {
+            return;
         }
         let n = tokio::select! {
             read = from.read(&mut buf) => match read { Ok(0) | Err(_) => return, Ok(n) => n },
@@ -151,18 +157,9 @@ async fn pump(
         if delayed && latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
-        // Data read before a hang or cut still goes out unless the mode says otherwise.
-        loop {
-            let current = *mode.borrow();
-            match current {
-                Mode::Forward => break,
-                Mode::Cut => return,
-                Mode::Hang => {
-                    if mode.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
+        // Data read before a hang goes out when it ends; a cut drops it.
+        if !until_forwarding(&mut mode).await {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -62,32 +62,47 @@ impl From<ItemRow> for Item {
     }
 }
 
+/// Binds `$1..$12` of an insert of `item`: a new id, the owner, then the item's columns in
+/// the order `INSERT INTO items (id, user_id, type, title, content, tags, metadata,
+/// source_connector, source_id, source_url, archived, favorite)` lists them.
+fn bind_new_item<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    user: Uuid,
+    item: &'q NewItem,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    let source = item.source.as_ref();
+    query
+        .bind(Uuid::now_v7())
+        .bind(user)
+        .bind(item.kind.as_str())
+        .bind(&item.title)
+        .bind(&item.content)
+        .bind(&item.tags)
+        .bind(Json(&item.metadata))
+        .bind(source.map(|s| &s.connector))
+        .bind(source.map(|s| &s.source_id))
+        .bind(source.and_then(|s| s.url.as_ref()))
+        .bind(item.archived)
+        .bind(item.favorite)
+}
+
 pub async fn insert<'c>(
     db: &Database,
     conn: impl PgExecutor<'c>,
     user: Uuid,
     item: &NewItem,
 ) -> Result<Item, sqlx::Error> {
-    let source = item.source.as_ref();
-    let query = sqlx::query_as::<_, ItemRow>(concat!(
-        "INSERT INTO items (id, user_id, type, title, content, tags, metadata,
+    let query = bind_new_item(
+        sqlx::query_as::<_, ItemRow>(concat!(
+            "INSERT INTO items (id, user_id, type, title, content, tags, metadata,
              source_connector, source_id, source_url, archived, favorite)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING ",
-        item_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(user)
-    .bind(item.kind.as_str())
-    .bind(&item.title)
-    .bind(&item.content)
-    .bind(&item.tags)
-    .bind(Json(&item.metadata))
-    .bind(source.map(|s| &s.connector))
-    .bind(source.map(|s| &s.source_id))
-    .bind(source.and_then(|s| s.url.as_ref()))
-    .bind(item.archived)
-    .bind(item.favorite)
+            item_columns!()
+        )),
+        user,
+        item,
+    )
     .fetch_one(conn);
     db.timed("item_insert", query).await.map(Item::from)
 }
@@ -200,10 +215,10 @@ pub async fn upsert<'c>(
     user: Uuid,
     item: &NewItem,
 ) -> Result<(Item, bool), sqlx::Error> {
-    let source = item.source.as_ref();
     // `xmax = 0` holds only for a freshly inserted row version: it tells insert from update.
-    let query = sqlx::query_as::<_, UpsertRow>(concat!(
-        "INSERT INTO items (id, user_id, type, title, content, tags, metadata,
+    let query = bind_new_item(
+        sqlx::query_as::<_, UpsertRow>(concat!(
+            "INSERT INTO items (id, user_id, type, title, content, tags, metadata,
              source_connector, source_id, source_url, archived, favorite)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (user_id, source_connector, source_id) DO UPDATE SET
@@ -217,20 +232,11 @@ pub async fn upsert<'c>(
              favorite = EXCLUDED.favorite,
              version = items.version + 1
          RETURNING (xmax = 0) AS created, ",
-        item_columns!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(user)
-    .bind(item.kind.as_str())
-    .bind(&item.title)
-    .bind(&item.content)
-    .bind(&item.tags)
-    .bind(Json(&item.metadata))
-    .bind(source.map(|s| &s.connector))
-    .bind(source.map(|s| &s.source_id))
-    .bind(source.and_then(|s| s.url.as_ref()))
-    .bind(item.archived)
-    .bind(item.favorite)
+            item_columns!()
+        )),
+        user,
+        item,
+    )
     .fetch_one(conn);
     let row = db.timed("item_upsert", query).await?;
     Ok((Item::from(row.item), row.created))

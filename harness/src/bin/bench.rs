@@ -904,16 +904,7 @@ async fn scaling(bench: &mut Bench) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
-    let login: serde_json::Value = bench
-        .client
-        .post(format!("{base}/api/auth/login"))
-        .json(&credentials)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = login["token"].as_str().context("no token")?.to_owned();
+    let token = cartae_harness::load::sign_in(&bench.client, &base, &credentials).await?;
     let auth = format!("Bearer {token}");
     let mut conn = database.connect().await?;
     conn.execute("SET synchronous_commit = off").await?;
