@@ -5,21 +5,29 @@
 //! - [`config`]: typed settings from the environment, validated at start.
 //! - [`lifecycle`]: phases (starting, ready, draining, stopping) and signal handling.
 //! - [`startup`]: `Application::build` binds the ports; `run_until_stopped` serves and drains.
-//! - [`health`]: background checks, the snapshot, and the probe endpoints.
-//! - [`metrics`]: the Prometheus registry, the request middleware, the metrics port.
-//! - [`api`]: the router, the middleware stack and the one error type; one module per
-//!   resource (auth, items, search), the OpenAPI document, and idempotent POSTs.
-//! - [`auth`]: Argon2 passwords, JWTs, the denylist, the `AuthUser` extractor.
-//! - [`model`]: request and response types, and the rules input must follow.
+//! - [`http`]: everything HTTP: the router and middleware stack, the data API (one module
+//!   per resource under [`http::api`], the OpenAPI document, idempotent POSTs), the probe
+//!   endpoints, the metrics port, the extractors (`AuthUser` among them) and the one error
+//!   type that maps domain errors to status codes.
+//! - [`state`]: the `AppState` every handler receives: handles only.
+//! - [`health`]: background checks, the snapshot, and the verdict probes answer with.
+//! - [`auth`]: Argon2 passwords, JWTs, the denylist.
 //! - [`db`], [`cache`]: PostgreSQL and Redis access.
-//! - [`state`]: the `AppState` every handler receives.
+//! - [`metrics`]: the Prometheus registry and the request-counting layer.
+//! - [`model`]: request and response types, and the rules input must follow.
+//! - [`error`]: the domain's errors (`FieldError`); no HTTP.
+//!
+//! Imports only point down this list (`startup` at the top, then `http`, `state`, the
+//! domain modules, and `model`, `error`, `config`, `lifecycle` at the bottom);
+//! `infra/ci/check-layers.py` fails CI otherwise.
 
-pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod health;
+pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;

@@ -7,12 +7,11 @@
 //! zero requests.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::metrics::Metrics;
+use prometheus::{IntGauge, IntGaugeVec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -58,15 +57,21 @@ impl Phase {
 pub struct Lifecycle {
     phase: AtomicU8,
     started_at: Instant,
-    metrics: Arc<Metrics>,
+    /// `lifecycle_phase{phase}` of this instance, one gauge per phase in [`Phase::ALL`]'s
+    /// order. Handed in as plain gauges so that this bottom layer knows no metrics module.
+    phase_gauges: Vec<IntGauge>,
 }
 
 impl Lifecycle {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(phase_gauge: &IntGaugeVec, instance: &str) -> Self {
+        let phase_gauges = Phase::ALL
+            .iter()
+            .map(|phase| phase_gauge.with_label_values(&[instance, phase.as_str()]))
+            .collect();
         let lifecycle = Self {
             phase: AtomicU8::new(Phase::Starting as u8),
             started_at: Instant::now(),
-            metrics,
+            phase_gauges,
         };
         lifecycle.publish(Phase::Starting);
         lifecycle
@@ -100,11 +105,8 @@ impl Lifecycle {
     }
 
     fn publish(&self, current: Phase) {
-        for phase in Phase::ALL {
-            self.metrics
-                .lifecycle_phase
-                .with_label_values(&[self.metrics.instance.as_str(), phase.as_str()])
-                .set(i64::from(phase == current));
+        for (phase, gauge) in Phase::ALL.iter().zip(&self.phase_gauges) {
+            gauge.set(i64::from(*phase == current));
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::health::Monitor;
+use crate::http::serve_metrics;
 use crate::lifecycle::{Lifecycle, Phase, StopSignal};
-use crate::metrics::{serve_metrics, Metrics};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// How a run ended.
@@ -54,7 +55,7 @@ impl Application {
         .await?;
         let metrics = Arc::new(Metrics::new(&settings.instance_id));
         let db = Database::connect_lazy(&settings.database, metrics.clone());
-        let cache = Cache::new(&settings.redis, &settings.cache.key_prefix, metrics.clone())?;
+        let cache = Cache::new(&settings.redis, &settings.cache, metrics.clone())?;
         let (monitor, health) = Monitor::new(
             db.clone(),
             cache.clone(),
@@ -62,7 +63,7 @@ impl Application {
             settings.health.clone(),
         );
         let state = AppState {
-            lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
+            lifecycle: Arc::new(Lifecycle::new(&metrics.lifecycle_phase, &metrics.instance)),
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
             settings: Arc::new(settings),
             db,
@@ -118,7 +119,7 @@ impl Application {
         tasks.spawn(start_up(state.clone(), shutdown.clone()));
         tasks.spawn(purge_periodically(state.clone(), shutdown.clone()));
         let mut api = tokio::spawn({
-            let app = crate::api::app(state.clone());
+            let app = crate::http::app(state.clone());
             let stop = shutdown.clone();
             async move {
                 axum::serve(api_listener, app)

@@ -280,6 +280,10 @@ check_documented_variables() {
   return "$missing"
 }
 
+check_layers() {
+  python3 infra/ci/check-layers.py src
+}
+
 check_shellcheck() {
   shellcheck infra/scripts/*.sh infra/ci/*.sh scripts/*.sh .ci/run
 }
@@ -506,6 +510,7 @@ else
   KUBECTL="$(command -v kubectl || true)"
 fi
 
+run_check "module imports point down the layers (src/)" check_layers
 run_check "every variable the service reads is documented" check_documented_variables
 run_check "hadolint Dockerfile" check_hadolint
 run_check "yamllint" check_yamllint

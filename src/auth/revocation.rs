@@ -12,27 +12,20 @@
 
 use uuid::Uuid;
 
-use crate::api::ApiResult;
 use crate::auth::jwt::Claims;
 use crate::cache::{trust, Cache};
-use crate::db::revocations;
-use crate::state::AppState;
-
-pub fn redis_key(cache: &Cache, jti: Uuid) -> String {
-    cache.key(format_args!("revoked:{jti}"))
-}
+use crate::db::{revocations, Database};
 
 /// Revokes the token for the rest of its lifetime. PostgreSQL must accept it (else the
 /// logout fails and can be retried); Redis is best effort.
-pub async fn revoke(state: &AppState, claims: &Claims) -> ApiResult<()> {
+pub async fn revoke(cache: &Cache, db: &Database, claims: &Claims) -> Result<(), sqlx::Error> {
     let expires_at = claims.expires_at();
-    revocations::insert(&state.db, claims.jti, claims.sub, expires_at).await?;
+    revocations::insert(db, claims.jti, claims.sub, expires_at).await?;
     let ttl_ms = (expires_at - chrono::Utc::now()).num_milliseconds();
     if ttl_ms > 0 {
-        let key = redis_key(&state.cache, claims.jti);
+        let key = trust::revocation_key(cache, claims.jti);
         // A failure marks Redis suspect: the repair copies this revocation back.
-        let _ = state
-            .cache
+        let _ = cache
             .run(|mut conn| async move {
                 redis::cmd("SET")
                     .arg(key)
@@ -47,11 +40,10 @@ pub async fn revoke(state: &AppState, claims: &Claims) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn is_revoked(state: &AppState, jti: Uuid) -> ApiResult<bool> {
-    if trust::ensure_trusted(&state.cache, &state.db).await {
-        let key = redis_key(&state.cache, jti);
-        let found = state
-            .cache
+pub async fn is_revoked(cache: &Cache, db: &Database, jti: Uuid) -> Result<bool, sqlx::Error> {
+    if trust::ensure_trusted(cache, db).await {
+        let key = trust::revocation_key(cache, jti);
+        let found = cache
             .run(|mut conn| async move {
                 redis::cmd("EXISTS")
                     .arg(key)
@@ -63,5 +55,5 @@ pub async fn is_revoked(state: &AppState, jti: Uuid) -> ApiResult<bool> {
             return Ok(count > 0);
         }
     }
-    Ok(revocations::is_revoked(&state.db, jti).await?)
+    revocations::is_revoked(db, jti).await
 }

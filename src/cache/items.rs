@@ -12,60 +12,68 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::stamped::{self, Lookup};
-use crate::api::ApiResult;
-use crate::db::items;
+use super::Cache;
+use crate::db::{items, Database};
 use crate::model::item::Item;
-use crate::state::AppState;
 
-pub fn item_key(state: &AppState, user: Uuid, id: Uuid) -> String {
-    state.cache.key(format_args!("item:{user}:{id}"))
+pub fn item_key(cache: &Cache, user: Uuid, id: Uuid) -> String {
+    cache.key(format_args!("item:{user}:{id}"))
 }
 
 /// One item, from Redis when fresh, else from PostgreSQL (then cached).
-pub async fn get_item(state: &AppState, user: Uuid, id: Uuid) -> ApiResult<Option<Item>> {
-    let key = item_key(state, user, id);
-    let generation = stamped::item_generation_key(&state.cache, user, id);
-    let ttl = state.settings.cache.item_ttl;
-    read_through(state, &generation, &key, ttl, async {
-        Ok(items::get(&state.db, user, id).await?)
-    })
+pub async fn get_item(
+    cache: &Cache,
+    db: &Database,
+    user: Uuid,
+    id: Uuid,
+) -> Result<Option<Item>, sqlx::Error> {
+    let key = item_key(cache, user, id);
+    let generation = stamped::item_generation_key(cache, user, id);
+    read_through(
+        cache,
+        db,
+        &generation,
+        &key,
+        cache.item_ttl,
+        items::get(db, user, id),
+    )
     .await
 }
 
-/// A list or search page, cached under a hash of its parameters.
-pub async fn query<T, P, F>(
-    state: &AppState,
+/// A list or search page, cached under a hash of its parameters. `load` computes it on a
+/// miss; its error, whatever its type, is the caller's.
+pub async fn query<T, E, P, F>(
+    cache: &Cache,
+    db: &Database,
     user: Uuid,
     kind: &str,
     params: &P,
     load: F,
-) -> ApiResult<T>
+) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned,
     P: Serialize,
-    F: Future<Output = ApiResult<T>>,
+    F: Future<Output = Result<T, E>>,
 {
     let digest = Sha256::digest(serde_json::to_vec(params).unwrap_or_default());
-    let key = state
-        .cache
-        .key(format_args!("{kind}:{user}:{}", hex(&digest)));
-    let generation = stamped::user_generation_key(&state.cache, user);
-    let ttl = state.settings.cache.query_ttl;
-    read_through(state, &generation, &key, ttl, load).await
+    let key = cache.key(format_args!("{kind}:{user}:{}", hex(&digest)));
+    let generation = stamped::user_generation_key(cache, user);
+    read_through(cache, db, &generation, &key, cache.query_ttl, load).await
 }
 
-async fn read_through<T, F>(
-    state: &AppState,
+async fn read_through<T, E, F>(
+    cache: &Cache,
+    db: &Database,
     generation: &str,
     key: &str,
     ttl: std::time::Duration,
     load: F,
-) -> ApiResult<T>
+) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned,
-    F: Future<Output = ApiResult<T>>,
+    F: Future<Output = Result<T, E>>,
 {
-    let stamp = match stamped::get(&state.cache, &state.db, generation, key).await {
+    let stamp = match stamped::get(cache, db, generation, key).await {
         Lookup::Hit(payload) => match serde_json::from_str(&payload) {
             Ok(value) => return Ok(value),
             // Written by an older release with another shape: treat as a miss.
@@ -77,7 +85,7 @@ where
     let value = load.await?;
     if let Some(stamp) = stamp {
         if let Ok(payload) = serde_json::to_string(&value) {
-            stamped::fill(&state.cache, key, &stamp, &payload, ttl).await;
+            stamped::fill(cache, key, &stamp, &payload, ttl).await;
         }
     }
     Ok(value)
@@ -85,16 +93,15 @@ where
 
 /// After a committed write, before answering: the written items and every list and search
 /// page of `user` go stale.
-pub async fn invalidate(state: &AppState, user: Uuid, ids: &[Uuid]) {
-    let keys: Vec<String> = ids.iter().map(|id| item_key(state, user, *id)).collect();
-    let generations: Vec<String> =
-        std::iter::once(stamped::user_generation_key(&state.cache, user))
-            .chain(
-                ids.iter()
-                    .map(|id| stamped::item_generation_key(&state.cache, user, *id)),
-            )
-            .collect();
-    stamped::invalidate(&state.cache, &generations, &keys).await;
+pub async fn invalidate(cache: &Cache, user: Uuid, ids: &[Uuid]) {
+    let keys: Vec<String> = ids.iter().map(|id| item_key(cache, user, *id)).collect();
+    let generations: Vec<String> = std::iter::once(stamped::user_generation_key(cache, user))
+        .chain(
+            ids.iter()
+                .map(|id| stamped::item_generation_key(cache, user, *id)),
+        )
+        .collect();
+    stamped::invalidate(cache, &generations, &keys).await;
 }
 
 fn hex(bytes: &[u8]) -> String {

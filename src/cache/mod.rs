@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
 
-use crate::config::RedisSettings;
+use crate::config::{CacheSettings, RedisSettings};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,10 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     timeout: Duration,
     pub key_prefix: String,
+    /// How long an item read stays cached (`CACHE_ITEM_TTL_MS`).
+    pub item_ttl: Duration,
+    /// How long a list or search page stays cached (`CACHE_QUERY_TTL_MS`).
+    pub query_ttl: Duration,
     /// Failed calls so far. Any failure may have lost a write (an invalidation, a
     /// revocation), so Redis is not trusted for reads until [`trust::ensure_trusted`] has
     /// repaired everything up to the latest failure.
@@ -56,7 +60,7 @@ impl Cache {
     /// Redis never blocks start-up.
     pub fn new(
         settings: &RedisSettings,
-        key_prefix: &str,
+        cache: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let mut config = Config::from_url(settings.url.expose());
@@ -75,7 +79,9 @@ impl Cache {
             pool,
             metrics,
             timeout: settings.timeout,
-            key_prefix: key_prefix.to_owned(),
+            key_prefix: cache.key_prefix.clone(),
+            item_ttl: cache.item_ttl,
+            query_ttl: cache.query_ttl,
             // Until its first repair a replica cannot know what was lost before it started
             // (say, by a predecessor that died during an outage), so it starts distrustful.
             failures: Arc::new(AtomicU64::new(1)),

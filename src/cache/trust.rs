@@ -26,8 +26,16 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use uuid::Uuid;
+
 use super::{Cache, CacheError};
 use crate::db::{revocations, Database};
+
+/// The Redis key of a revoked token's denylist entry. Defined here, below `auth`, because
+/// the repair rewrites these entries too.
+pub fn revocation_key(cache: &Cache, jti: Uuid) -> String {
+    cache.key(format_args!("revoked:{jti}"))
+}
 
 pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -84,7 +92,7 @@ async fn repair(cache: &Cache, db: &Database) -> Result<(), RepairError> {
         let ttl_ms = (token.expires_at - chrono::Utc::now()).num_milliseconds();
         if ttl_ms > 0 {
             pipe.cmd("SET")
-                .arg(crate::auth::revocation::redis_key(cache, token.jti))
+                .arg(revocation_key(cache, token.jti))
                 .arg(1)
                 .arg("PX")
                 .arg(ttl_ms)

@@ -9,14 +9,12 @@
 pub mod checks;
 pub mod client;
 pub mod monitor;
-mod routes;
 
 pub use monitor::{HealthHandle, Monitor};
-pub use routes::router;
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::config::ReadyRequires;
@@ -111,7 +109,40 @@ pub struct Snapshot {
     pub round: u64,
     /// The JSON of the parts of a probe's answer that only change once per round,
     /// serialised by the first probe that needs them and reused by every later one.
-    pub(crate) rendered: routes::RenderCache,
+    pub(crate) rendered: RenderCache,
+}
+
+/// The parts of the probes' answers that change once per round, as JSON text.
+#[derive(Debug)]
+pub struct Rendered {
+    /// `checks`, as `/health` shows it.
+    pub checks: String,
+    /// `checkedAt`, a JSON string with its quotes.
+    pub checked_at: String,
+}
+
+/// A snapshot's [`Rendered`], made on first use. A clone starts empty: whoever clones a
+/// snapshot may change its checks, and must not inherit JSON that no longer matches.
+#[derive(Debug, Default)]
+pub(crate) struct RenderCache(std::sync::OnceLock<Rendered>);
+
+impl Clone for RenderCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl Snapshot {
+    /// The snapshot's JSON parts, serialised by the first probe that needs them.
+    pub fn rendered(&self) -> &Rendered {
+        self.rendered.0.get_or_init(|| Rendered {
+            checks: serde_json::to_string(&self.checks).unwrap_or_else(|_| "{}".to_owned()),
+            checked_at: serde_json::to_string(
+                &self.checked_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            )
+            .unwrap_or_else(|_| "\"\"".to_owned()),
+        })
+    }
 }
 
 /// Overall status, as in the seed.

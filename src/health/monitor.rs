@@ -8,10 +8,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::checks::{self, SystemProbe};
-use super::{CheckStatus, Checks, DependencyCheck, Snapshot};
+use super::{judge, CheckStatus, Checks, DependencyCheck, Snapshot, Verdict};
 use crate::cache::Cache;
 use crate::config::HealthSettings;
 use crate::db::Database;
+use crate::lifecycle::Phase;
 use crate::metrics::Metrics;
 
 /// The probes' side: a cheap handle on the latest snapshot.
@@ -25,6 +26,15 @@ impl HealthHandle {
     /// The latest snapshot. Never waits on a check.
     pub fn latest(&self) -> Arc<Snapshot> {
         self.latest.borrow().clone()
+    }
+
+    /// The latest snapshot and the verdict it gives in `phase`: what every probe answers.
+    pub fn verdict(&self, phase: Phase, settings: &HealthSettings) -> (Arc<Snapshot>, Verdict) {
+        let snapshot = self.latest();
+        // Three missed rounds, each allowed its timeout, before the snapshot is called stale.
+        let max_age = (settings.interval + settings.check_timeout) * 3;
+        let verdict = judge(&snapshot, phase, settings.ready_requires, max_age);
+        (snapshot, verdict)
     }
 
     /// Asks for a round now and waits until one has completed after the request. Used once

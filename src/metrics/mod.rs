@@ -5,10 +5,8 @@
 //! carries the `instance` label, as in the seed, so the cluster can be read at a glance.
 
 mod middleware;
-mod server;
 
 pub use middleware::TrackRequestsLayer;
-pub use server::serve_metrics;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::check_text;
-use crate::api::FieldError;
+use crate::error::FieldError;
 
 pub const EMAIL_MAX: usize = 254;
 pub const PASSWORD_MIN: usize = 8;

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::check_text;
-use crate::api::FieldError;
+use crate::error::FieldError;
 
 pub const TITLE_MAX: usize = 500;
 /// The body limit (1 MiB) bounds content anyway; this keeps one item well under it so a
@@ -295,14 +295,5 @@ impl Batch {
         for (i, item) in self.items.iter().enumerate() {
             item.check_upsert(&format!("$.items[{i}]"), errors);
         }
-    }
-}
-
-/// Turns collected problems into a result.
-pub fn validated(errors: Vec<FieldError>) -> Result<(), crate::api::ApiError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(crate::api::ApiError::Validation(errors))
     }
 }

@@ -7,7 +7,7 @@
 pub mod auth;
 pub mod item;
 
-use crate::api::FieldError;
+use crate::error::FieldError;
 
 /// PostgreSQL refuses NUL in `text` and `jsonb`; catch it here as a 422 rather than as a
 /// database error.

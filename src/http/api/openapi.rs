@@ -31,7 +31,7 @@ use crate::state::AppState;
         super::search::stats,
         openapi_json,
     ),
-    components(schemas(super::error::ErrorBody, super::error::FieldError)),
+    components(schemas(crate::http::ErrorBody, crate::error::FieldError)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts and tokens"),

@@ -8,12 +8,13 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::Query;
 use super::items::{parse_limit, parse_tag};
-use super::{ApiError, ApiResult, ErrorBody, FieldError};
-use crate::auth::AuthUser;
 use crate::cache;
 use crate::db::items;
+use crate::error::FieldError;
+use crate::http::extract::AuthUser;
+use crate::http::extract::Query;
+use crate::http::{ApiError, ApiResult, ErrorBody};
 use crate::model::check_text;
 use crate::model::item::{Item, ItemType, TAGS_MAX};
 use crate::state::AppState;
@@ -106,9 +107,9 @@ pub async fn search(
     Query(params): Query<SearchParams>,
 ) -> ApiResult<axum::Json<SearchResults>> {
     let query = parse_search(params)?;
-    let results = cache::items::query(&state, user.id, "search", &query, async {
+    let results = cache::items::query(&state.cache, &state.db, user.id, "search", &query, async {
         let hits = items::search(&state.db, user.id, &query.q, &query.tags, query.limit).await?;
-        Ok(SearchResults {
+        Ok::<_, sqlx::Error>(SearchResults {
             query: query.q.clone(),
             count: hits.len(),
             results: hits
@@ -137,7 +138,7 @@ pub struct Stats {
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
 pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<axum::Json<Stats>> {
-    let stats = cache::items::query(&state, user.id, "stats", &(), async {
+    let stats = cache::items::query(&state.cache, &state.db, user.id, "stats", &(), async {
         let mut by_type: BTreeMap<String, i64> = ItemType::ALL
             .iter()
             .map(|t| (t.as_str().to_owned(), 0))
@@ -145,7 +146,7 @@ pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<a
         for (kind, count) in items::count_by_type(&state.db, user.id).await? {
             by_type.insert(kind, count);
         }
-        Ok(Stats {
+        Ok::<_, sqlx::Error>(Stats {
             total: by_type.values().sum(),
             by_type,
         })

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{ApiError, ApiResult};
 use crate::db::{idempotency, Database};
+use crate::http::{ApiError, ApiResult};
 
 /// A response that can be stored and replayed byte for byte (same status, body, ETag).
 #[derive(Debug, Clone)]

@@ -6,13 +6,14 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::extract::{IdempotencyKey, Json};
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
-use super::{ApiError, ApiResult, ErrorBody};
-use crate::auth::{password, revocation, AuthUser, VerifiedToken};
+use crate::auth::{password, revocation};
 use crate::db::users;
+use crate::http::error::validated;
+use crate::http::extract::{AuthUser, VerifiedToken};
+use crate::http::extract::{IdempotencyKey, Json};
+use crate::http::{ApiError, ApiResult, ErrorBody};
 use crate::model::auth::{Credentials, TokenResponse, User};
-use crate::model::item::validated;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -131,7 +132,7 @@ pub async fn logout(
     State(state): State<AppState>,
     token: VerifiedToken,
 ) -> ApiResult<impl IntoResponse> {
-    revocation::revoke(&state, &token.0).await?;
+    revocation::revoke(&state.cache, &state.db, &token.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,13 +13,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
-use super::{ApiError, ApiResult, ErrorBody, FieldError};
-use crate::auth::AuthUser;
 use crate::cache;
 use crate::db::items::{self, ListFilter, Position};
-use crate::model::item::{validated, Batch, Item, ItemPatch, ItemType, NewItem, TAG_MAX};
+use crate::error::FieldError;
+use crate::http::error::validated;
+use crate::http::extract::AuthUser;
+use crate::http::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
+use crate::http::{ApiError, ApiResult, ErrorBody};
+use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, TAG_MAX};
 use crate::state::AppState;
 
 pub const LIMIT_DEFAULT: i64 = 20;
@@ -80,7 +82,7 @@ pub async fn create(
     })
     .await?;
     if let Outcome::Fresh(_) = outcome {
-        cache::items::invalidate(&state, user.id, &[]).await;
+        cache::items::invalidate(&state.cache, user.id, &[]).await;
     }
     Ok(outcome)
 }
@@ -102,7 +104,7 @@ pub async fn read(
     user: AuthUser,
     Id(id): Id,
 ) -> ApiResult<impl IntoResponse> {
-    cache::items::get_item(&state, user.id, id)
+    cache::items::get_item(&state.cache, &state.db, user.id, id)
         .await?
         .map(with_etag)
         .ok_or(ApiError::NotFound)
@@ -137,7 +139,7 @@ pub async fn update(
     let Some(item) = updated else {
         return Err(missing_or_stale(&state, user.id, id).await);
     };
-    cache::items::invalidate(&state, user.id, &[id]).await;
+    cache::items::invalidate(&state.cache, user.id, &[id]).await;
     Ok(with_etag(item))
 }
 
@@ -162,7 +164,7 @@ pub async fn remove(
     if !items::delete(&state.db, &state.db.pool, user.id, id, expected).await? {
         return Err(missing_or_stale(&state, user.id, id).await);
     }
-    cache::items::invalidate(&state, user.id, &[id]).await;
+    cache::items::invalidate(&state.cache, user.id, &[id]).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -309,7 +311,7 @@ pub async fn list(
         archived: query.archived,
         favorite: query.favorite,
     };
-    let page = cache::items::query(&state, user.id, "list", &query, async {
+    let page = cache::items::query(&state.cache, &state.db, user.id, "list", &query, async {
         // One more than asked tells whether another page exists.
         let mut rows =
             items::list(&state.db, user.id, &filter, query.after, query.limit + 1).await?;
@@ -321,7 +323,7 @@ pub async fn list(
                 id: last.id,
             })
         });
-        Ok(ItemPage {
+        Ok::<_, sqlx::Error>(ItemPage {
             items: rows,
             next_cursor,
         })
@@ -373,7 +375,7 @@ pub async fn upsert(
             .and_then(|i| Uuid::parse_str(i).ok())
             .into_iter()
             .collect();
-        cache::items::invalidate(&state, user.id, &ids).await;
+        cache::items::invalidate(&state.cache, user.id, &ids).await;
     }
     Ok(outcome)
 }
@@ -436,7 +438,7 @@ pub async fn batch(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        cache::items::invalidate(&state, user.id, &ids).await;
+        cache::items::invalidate(&state.cache, user.id, &ids).await;
     }
     Ok(outcome)
 }

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::{HealthStatus, Snapshot, Verdict};
+use crate::health::{HealthStatus, Snapshot, Verdict};
 use crate::state::AppState;
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -39,40 +39,6 @@ fn status_code(ok: bool) -> StatusCode {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
-}
-
-/// The parts of the probes' answers that change once per round, as JSON text.
-#[derive(Debug)]
-pub(crate) struct Rendered {
-    /// `checks`, as `/health` shows it.
-    checks: String,
-    /// `checkedAt`, a JSON string with its quotes.
-    checked_at: String,
-}
-
-/// A snapshot's [`Rendered`], made on first use. A clone starts empty: whoever clones a
-/// snapshot may change its checks, and must not inherit JSON that no longer matches.
-#[derive(Debug, Default)]
-pub(crate) struct RenderCache(std::sync::OnceLock<Rendered>);
-
-impl Clone for RenderCache {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl Snapshot {
-    fn rendered(&self) -> &Rendered {
-        self.rendered.0.get_or_init(|| Rendered {
-            checks: serde_json::to_string(&self.checks).unwrap_or_else(|_| "{}".to_owned()),
-            checked_at: json_string(&self.checked_at.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        })
-    }
-}
-
-/// A JSON string literal, quotes and escapes included.
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 /// A JSON answer written straight into its buffer.
@@ -280,7 +246,7 @@ fn ietf_body(state: &AppState, snapshot: &Snapshot, verdict: &Verdict) -> Value 
     let time = snapshot
         .checked_at
         .to_rfc3339_opts(SecondsFormat::Millis, true);
-    let dependency = |check: &super::DependencyCheck, component_type: &str| {
+    let dependency = |check: &crate::health::DependencyCheck, component_type: &str| {
         let mut entry = json!({
             "componentType": component_type,
             "observedValue": check.latency,
@@ -293,7 +259,7 @@ fn ietf_body(state: &AppState, snapshot: &Snapshot, verdict: &Verdict) -> Value 
         }
         json!([entry])
     };
-    let resource = |value: f64, status: super::CheckStatus| {
+    let resource = |value: f64, status: crate::health::CheckStatus| {
         json!([{
             "componentType": "system",
             "observedValue": value,
@@ -397,10 +363,10 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
 mod tests {
     use std::time::Instant;
 
-    use super::super::{
+    use super::*;
+    use crate::health::{
         CheckStatus, Checks, CpuDetails, DependencyCheck, MemoryDetails, ResourceCheck,
     };
-    use super::*;
 
     fn snapshot(database: CheckStatus, message: Option<&str>) -> Snapshot {
         Snapshot {

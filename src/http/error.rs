@@ -1,4 +1,5 @@
-//! The one error type of the HTTP API, and the JSON it becomes.
+//! The one error type of the HTTP API, and the JSON it becomes: the only place where
+//! domain errors (`sqlx::Error`, [`FieldError`]s) turn into status codes.
 //!
 //! Every error answers `{error, details: [{path, message}]}`. Internal errors are logged
 //! with their cause and answered with a generic message: details never leak to clients.
@@ -8,22 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-/// One problem with the input: where (`path`, a JSON pointer-like path or a parameter
-/// name) and what.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::error::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -173,3 +159,13 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Turns the problems a request's validation collected into a result: 422 listing them
+/// all, or nothing.
+pub fn validated(errors: Vec<FieldError>) -> ApiResult<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}

@@ -1,25 +1,21 @@
-//! The HTTP router: the one place where every module's routes are merged and the
-//! middleware stack is applied.
+//! The HTTP layer, the top of the crate: every router (the data API, the probes, the
+//! metrics port), the middleware stack, the extractors, and the one mapping of domain
+//! errors to status codes. Nothing below this module knows HTTP exists.
 //!
-//! Each resource module exports `router()`; add a new one to [`routes`] and it inherits
-//! request ids, tracing, metrics, the body limit and JSON errors.
+//! Each resource module of [`api`] exports `router()`; add a new one to [`api::router`]
+//! and it inherits request ids, tracing, metrics, the body limit and JSON errors.
 
-pub mod auth;
+pub mod api;
 pub mod error;
 pub mod extract;
-pub mod idempotency;
-pub mod items;
-pub mod openapi;
-pub mod search;
+pub mod metrics_port;
+pub mod probes;
 
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Response};
-use axum::middleware::{from_fn_with_state, Next};
 use axum::Router;
-use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -27,9 +23,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-pub use error::{ApiError, ApiResult, ErrorBody, FieldError};
+pub use error::{ApiError, ApiResult, ErrorBody};
+pub use metrics_port::serve_metrics;
 
-use crate::lifecycle::Lifecycle;
 use crate::metrics::TrackRequestsLayer;
 use crate::state::AppState;
 
@@ -46,34 +42,11 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/live" | "/ready" | "/health" | "/startup")
 }
 
-/// Until migrations are applied the tables may not exist: answer a retryable 503 rather
-/// than let queries fail with 500s. (Load balancers send nothing before `/ready` anyway.)
-async fn refuse_while_starting(
-    State(lifecycle): State<Arc<Lifecycle>>,
-    req: Request,
-    next: Next,
-) -> Response<axum::body::Body> {
-    if lifecycle.is_started() {
-        next.run(req).await
-    } else {
-        axum::response::IntoResponse::into_response(ApiError::Starting)
-    }
-}
-
 /// Every route of the API port, before middleware.
 fn routes(state: &AppState) -> Router<AppState> {
-    let api = Router::new()
-        .merge(auth::router())
-        .merge(items::router())
-        .merge(search::router())
-        .merge(openapi::router())
-        .route_layer(from_fn_with_state(
-            state.lifecycle.clone(),
-            refuse_while_starting,
-        ));
     Router::new()
-        .merge(crate::health::router())
-        .nest("/api", api)
+        .merge(probes::router())
+        .nest("/api", api::router(state))
 }
 
 async fn not_found() -> ApiError {
