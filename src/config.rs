@@ -84,6 +84,20 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// How long an `Idempotency-Key` replays its first response; older keys are purged.
     pub idempotency_key_ttl: Duration,
+    pub overload: OverloadSettings,
+}
+
+/// Admission control of the data API (see `crate::bulkhead`).
+#[derive(Debug, Clone)]
+pub struct OverloadSettings {
+    /// Data-API requests served at once.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; beyond, an immediate 503.
+    pub max_queued: usize,
+    /// The longest a request waits for a slot before a 503.
+    pub queue_timeout: Duration,
+    /// Every data-API request's deadline, also PostgreSQL's `statement_timeout`.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +105,10 @@ pub struct DatabaseSettings {
     pub connect: PgConnectOptions,
     pub pool_min: u32,
     pub pool_max: u32,
+    /// How long a query waits for a pooled connection before a 503.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on request connections: the request deadline.
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +131,9 @@ pub struct HealthSettings {
     /// Milliseconds.
     pub redis_latency: Thresholds,
     pub ready_requires: ReadyRequires,
+    /// Consecutive rounds a dependency must fail (error or timeout) before its check is
+    /// reported failed. Fewer failures only degrade it.
+    pub failure_threshold: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -125,10 +146,21 @@ pub struct LifecycleSettings {
 pub struct AuthSettings {
     pub jwt_secret: Secret,
     pub jwt_expires_in: Duration,
+    pub password: PasswordSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordSettings {
     /// Argon2id cost. The defaults are OWASP's (19 MiB, 2 passes); lowering them is for
     /// tests and small machines, never for production.
-    pub password_hash_memory_kib: u32,
-    pub password_hash_iterations: u32,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    /// Hashes computed at once: peak hashing memory is `concurrency × memory_kib`.
+    pub concurrency: usize,
+    /// Hashes waiting for a slot; beyond, an immediate 503.
+    pub queue: usize,
+    /// The longest a hash waits for a slot (the request deadline).
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +308,48 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
         connect,
         pool_min,
         pool_max,
+        acquire_timeout: millis(src, "POSTGRES_ACQUIRE_TIMEOUT_MS", 1_000, 1)?,
+        statement_timeout: Duration::ZERO,
+    })
+}
+
+/// Reads a count that must be at least `min`.
+fn at_least<T>(src: &dyn Source, var: &'static str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display + Copy,
+    T::Err: fmt::Display,
+{
+    let value = parse_or(src, var, default)?;
+    if value < min {
+        return Err(ConfigError::new(
+            var,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// CPUs this process may use: the cgroup quota when there is one (Rust reads it).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Defaults that are safe without tuning. A replica serves at most `POSTGRES_POOL_MAX`
+/// queries at once, so admitting twice that keeps every connection busy with the next
+/// query ready; CPU-bound cache hits add a few per CPU. An equal number may queue for
+/// 200 ms, enough to absorb a burst, short enough that a refused client retries
+/// elsewhere well within its own timeout.
+fn overload(
+    src: &dyn Source,
+    database: &DatabaseSettings,
+) -> Result<OverloadSettings, ConfigError> {
+    let default_in_flight = 2 * database.pool_max as usize + 8 * cpus();
+    let max_in_flight = at_least(src, "MAX_IN_FLIGHT_REQUESTS", default_in_flight, 1)?;
+    Ok(OverloadSettings {
+        max_in_flight,
+        max_queued: parse_or(src, "MAX_QUEUED_REQUESTS", max_in_flight)?,
+        queue_timeout: millis(src, "QUEUE_TIMEOUT_MS", 200, 0)?,
+        request_timeout: millis(src, "REQUEST_TIMEOUT_MS", 5_000, 10)?,
     })
 }
 
@@ -411,6 +485,7 @@ impl Settings {
                 (50.0, 200.0),
             )?,
             ready_requires: ready_requires(src)?,
+            failure_threshold: at_least(src, "HEALTH_CHECK_FAILURE_THRESHOLD", 2, 1)?,
         };
         if health.check_timeout > health.interval {
             return Err(ConfigError::new(
@@ -449,6 +524,27 @@ impl Settings {
             ));
         }
 
+        let database = database(src)?;
+        let overload = overload(src, &database)?;
+        let database = DatabaseSettings {
+            statement_timeout: overload.request_timeout,
+            ..database
+        };
+        if database.acquire_timeout > overload.request_timeout {
+            return Err(ConfigError::new(
+                "POSTGRES_ACQUIRE_TIMEOUT_MS",
+                "must not exceed REQUEST_TIMEOUT_MS, or requests would time out waiting",
+            ));
+        }
+        let hash_concurrency = at_least(src, "PASSWORD_HASH_CONCURRENCY", cpus(), 1)?;
+        let password = PasswordSettings {
+            memory_kib: password_hash_memory_kib,
+            iterations: password_hash_iterations,
+            concurrency: hash_concurrency,
+            queue: parse_or(src, "PASSWORD_HASH_QUEUE", 4 * hash_concurrency)?,
+            queue_timeout: overload.request_timeout,
+        };
+
         let idempotency_key_ttl_hours: u64 = parse_or(src, "IDEMPOTENCY_KEY_TTL_HOURS", 24)?;
         if idempotency_key_ttl_hours == 0 {
             return Err(ConfigError::new(
@@ -463,7 +559,8 @@ impl Settings {
             port,
             metrics_port,
             instance_id,
-            database: database(src)?,
+            database,
+            overload,
             redis: redis(src)?,
             log_level,
             log_format,
@@ -475,8 +572,7 @@ impl Settings {
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),
                 jwt_expires_in: Duration::from_secs(jwt_expires_in),
-                password_hash_memory_kib,
-                password_hash_iterations,
+                password,
             },
             cache: CacheSettings {
                 key_prefix: string_or(src, "CACHE_KEY_PREFIX", "cartae:"),

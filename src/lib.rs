@@ -16,12 +16,14 @@
 //! - [`metrics`]: the Prometheus registry and the request-counting layer.
 //! - [`model`]: request and response types, and the rules input must follow.
 //! - [`error`]: the domain's errors (`FieldError`); no HTTP.
+//! - [`bulkhead`]: bounded concurrency with a short queue, for overload control.
 //!
 //! Imports only point down this list (`startup` at the top, then `http`, `state`, the
-//! domain modules, and `model`, `error`, `config`, `lifecycle` at the bottom);
+//! domain modules, and `model`, `error`, `config`, `lifecycle`, `bulkhead` at the bottom);
 //! `infra/ci/check-layers.py` fails CI otherwise.
 
 pub mod auth;
+pub mod bulkhead;
 pub mod cache;
 pub mod config;
 pub mod db;

@@ -118,7 +118,7 @@ async fn serve(settings: Settings) -> ExitCode {
 
 async fn migrate(settings: Settings) -> ExitCode {
     let metrics = std::sync::Arc::new(Metrics::new(&settings.instance_id));
-    let db = Database::connect_lazy(&settings.database, metrics);
+    let db = Database::connect_lazy(&settings.database, settings.health.check_timeout, metrics);
     match db.migrate().await {
         Ok(()) => {
             tracing::info!("migrations applied");

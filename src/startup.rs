@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::TokenKeys;
+use crate::auth::password::Passwords;
+use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
@@ -54,7 +56,11 @@ impl Application {
         )
         .await?;
         let metrics = Arc::new(Metrics::new(&settings.instance_id));
-        let db = Database::connect_lazy(&settings.database, metrics.clone());
+        let db = Database::connect_lazy(
+            &settings.database,
+            settings.health.check_timeout,
+            metrics.clone(),
+        );
         let cache = Cache::new(&settings.redis, &settings.cache, metrics.clone())?;
         let (monitor, health) = Monitor::new(
             db.clone(),
@@ -65,6 +71,12 @@ impl Application {
         let state = AppState {
             lifecycle: Arc::new(Lifecycle::new(&metrics.lifecycle_phase, &metrics.instance)),
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
+            passwords: Arc::new(Passwords::new(&settings.auth.password, metrics.clone())?),
+            admission: Arc::new(Bulkhead::new(
+                settings.overload.max_in_flight,
+                settings.overload.max_queued,
+                settings.overload.queue_timeout,
+            )),
             settings: Arc::new(settings),
             db,
             cache,

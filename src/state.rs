@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use crate::auth::jwt::TokenKeys;
+use crate::auth::password::Passwords;
+use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
@@ -20,6 +22,9 @@ pub struct AppState {
     pub health: HealthHandle,
     pub lifecycle: Arc<Lifecycle>,
     pub tokens: Arc<TokenKeys>,
+    pub passwords: Arc<Passwords>,
+    /// Admission control of the data API: requests in flight and queued.
+    pub admission: Arc<Bulkhead>,
 }
 
 impl AppState {

@@ -5,7 +5,7 @@ of one layer import one another in a loop.
 The layers, top to bottom (see src/lib.rs):
 
     startup -> http -> state -> domain (health, auth, cache, db, metrics, telemetry)
-            -> model, error, config, lifecycle
+            -> model, error, config, lifecycle, bulkhead
 
 Every `crate::<module>` path in code (comments are skipped: a doc link is not a
 dependency) is an arrow from the file's top-level module to <module>. Arrows must point
@@ -23,7 +23,7 @@ LAYERS = [
     ["http"],
     ["state"],
     ["health", "auth", "cache", "db", "metrics", "telemetry"],
-    ["model", "error", "config", "lifecycle"],
+    ["model", "error", "config", "lifecycle", "bulkhead"],
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
 CRATE_PATH = re.compile(r"\bcrate::([a-z_]+)")

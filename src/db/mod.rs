@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::DatabaseSettings;
@@ -25,14 +25,16 @@ use crate::metrics::Metrics;
 /// The migrations, embedded in the binary so an image needs no SQL files beside it.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// How long a request waits for a pooled connection before failing. Short, so that when
-/// PostgreSQL is down requests fail fast instead of piling up behind the pool.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// The pool plus the bookkeeping that the pool itself does not expose.
 #[derive(Clone)]
 pub struct Database {
     pub pool: PgPool,
+    /// One connection that only the health check uses. Requests can hold every connection
+    /// of `pool` under load; a busy pool is not a dead database, and readiness must never
+    /// depend on load, so the check never waits behind them.
+    health_pool: PgPool,
+    /// How to open the migrations' own connection: no `statement_timeout`.
+    migrate_with: PgConnectOptions,
     metrics: Arc<Metrics>,
     /// Queries started and not yet finished; those beyond the busy connections are waiting
     /// for one, which is how `db_pool_size{state="waiting"}` is derived.
@@ -54,16 +56,41 @@ impl Database {
     /// Creates the pool without connecting: the service must start, and answer `/live`,
     /// even while PostgreSQL is still coming up. Connections are made on first use, and
     /// re-made after an outage (each is tested before it is handed out).
-    pub fn connect_lazy(settings: &DatabaseSettings, metrics: Arc<Metrics>) -> Self {
+    ///
+    /// Request connections carry `statement_timeout` (the request deadline), so PostgreSQL
+    /// itself stops a query whose request has been answered 503 already.
+    pub fn connect_lazy(
+        settings: &DatabaseSettings,
+        check_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let with_timeout = |timeout: Duration| {
+            let ms = timeout.as_millis().to_string();
+            settings
+                .connect
+                .clone()
+                .options([("statement_timeout", ms.as_str())])
+        };
         let pool = PgPoolOptions::new()
             .min_connections(settings.pool_min)
             .max_connections(settings.pool_max)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Duration::from_secs(300))
             .test_before_acquire(true)
-            .connect_lazy_with(settings.connect.clone());
+            .connect_lazy_with(with_timeout(settings.statement_timeout));
+        // No test before acquire: the check's own query is the test, and a connection it
+        // finds broken is closed (see `ping`) so the next round opens a fresh one.
+        let health_pool = PgPoolOptions::new()
+            .min_connections(0)
+            .max_connections(1)
+            // Longer than the check's own timeout, which therefore always decides.
+            .acquire_timeout(check_timeout * 2)
+            .test_before_acquire(false)
+            .connect_lazy_with(with_timeout(check_timeout));
         Self {
             pool,
+            health_pool,
+            migrate_with: settings.connect.clone(),
             metrics,
             in_flight: Arc::new(AtomicI64::new(0)),
             server_version: Arc::new(OnceLock::new()),
@@ -91,18 +118,36 @@ impl Database {
         result
     }
 
-    /// The health check's round trip: one `SELECT 1` on a pooled connection.
+    /// The health check's round trip: one `SELECT 1` on the check's own connection.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.timed("health_check", sqlx::query("SELECT 1").execute(&self.pool))
-            .await
-            .map(|_| ())
+        self.timed("health_check", async {
+            let mut conn = self.health_pool.acquire().await?;
+            let result = sqlx::query("SELECT 1").execute(&mut *conn).await;
+            if result.is_err() {
+                // Possibly broken: never hand it to the next round.
+                let _ = conn.close().await;
+            }
+            result.map(|_| ())
+        })
+        .await
     }
 
     /// Applies the embedded migrations. sqlx's migrator holds a PostgreSQL advisory lock
     /// (`pg_advisory_lock`) for the whole run, so replicas starting together take turns:
     /// the first applies, the others find nothing left to do.
+    ///
+    /// On a connection of its own, closed afterwards: a migration may outlast the request
+    /// deadline (so no `statement_timeout`), and a failed run must not leave a connection
+    /// that still holds the session lock in the request pool.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
+            .connect_with(self.migrate_with.clone())
+            .await?;
+        let result = MIGRATOR.run(&own).await;
+        own.close().await;
+        result
     }
 
     /// Reads and remembers the server's version; a failure only leaves it unknown.
@@ -152,6 +197,32 @@ impl Database {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.health_pool.close().await;
+    }
+}
+
+/// Whether a failed query may succeed if simply tried again, on this replica or another:
+/// the database is restarting or failing over, the pool or the server is full, the
+/// request's deadline cancelled the statement, or PostgreSQL chose this transaction as a
+/// deadlock or serialization victim. Clients get a 503 with `Retry-After` for these, never
+/// a 500, which is reserved for bugs.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40001 serialization failure, 40P01 deadlock;
+            // 53300 too many connections; 57014 statement timeout (our deadline);
+            // 57P01..57P03 admin/crash shutdown, cannot connect now (failover, restart).
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "53300" | "57014" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        _ => false,
     }
 }
 

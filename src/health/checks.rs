@@ -16,7 +16,9 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Times a dependency round trip and grades its latency. A timeout or an error fails the
-/// check with a message saying which.
+/// check with a message saying which. Latency alone only degrades it, however high: a
+/// slow answer is an answer, and a replica pulled out for being slow pushes its load onto
+/// the others (the monitor then decides whether a failure has lasted long enough).
 async fn dependency<E: std::fmt::Display>(
     timeout: Duration,
     thresholds: Thresholds,
@@ -26,17 +28,22 @@ async fn dependency<E: std::fmt::Display>(
     match tokio::time::timeout(timeout, round_trip).await {
         Ok(Ok(())) => {
             let latency = millis(started.elapsed());
-            let status = grade(latency, thresholds);
-            let message = match status {
-                CheckStatus::Ok => None,
-                CheckStatus::Degraded => Some(format!(
-                    "latency {latency} ms above {} ms",
-                    thresholds.degraded
-                )),
-                CheckStatus::Failed => Some(format!(
-                    "latency {latency} ms above {} ms",
-                    thresholds.critical
-                )),
+            let (status, message) = match grade(latency, thresholds) {
+                CheckStatus::Ok => (CheckStatus::Ok, None),
+                CheckStatus::Degraded => (
+                    CheckStatus::Degraded,
+                    Some(format!(
+                        "latency {latency} ms above {} ms",
+                        thresholds.degraded
+                    )),
+                ),
+                CheckStatus::Failed => (
+                    CheckStatus::Degraded,
+                    Some(format!(
+                        "latency {latency} ms above {} ms (critical)",
+                        thresholds.critical
+                    )),
+                ),
             };
             DependencyCheck {
                 status,
@@ -57,8 +64,8 @@ async fn dependency<E: std::fmt::Display>(
     }
 }
 
-/// One `SELECT 1` on the service's own pool: no connection is opened per check, and the
-/// latency measured is what a request would see.
+/// One `SELECT 1` on the check's own connection: no connection is opened per check, and
+/// requests holding every pooled connection cannot make the check wait.
 pub async fn database(db: &Database, timeout: Duration, thresholds: Thresholds) -> DependencyCheck {
     dependency(timeout, thresholds, db.ping()).await
 }

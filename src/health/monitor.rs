@@ -55,6 +55,33 @@ impl HealthHandle {
     }
 }
 
+/// Hysteresis: a failed check counts as failed only once it has failed `threshold` rounds
+/// in a row; before that it is reported degraded, with the count. One good round resets
+/// it. A single lost packet or a stop-the-world pause must not pull a replica out.
+fn confirm_failure(
+    check: DependencyCheck,
+    failed_rounds: &mut u32,
+    threshold: u32,
+) -> DependencyCheck {
+    if check.status != CheckStatus::Failed {
+        *failed_rounds = 0;
+        return check;
+    }
+    *failed_rounds = failed_rounds.saturating_add(1);
+    if *failed_rounds >= threshold {
+        return check;
+    }
+    let why = check.message.unwrap_or_else(|| "failed".to_owned());
+    DependencyCheck {
+        status: CheckStatus::Degraded,
+        message: Some(format!(
+            "{why} (failed {} of {threshold} rounds before it counts)",
+            *failed_rounds
+        )),
+        ..check
+    }
+}
+
 pub struct Monitor {
     db: Database,
     cache: Cache,
@@ -64,6 +91,8 @@ pub struct Monitor {
     publish: watch::Sender<Arc<Snapshot>>,
     check_now: Arc<Notify>,
     round: u64,
+    /// Consecutive failed rounds of the database and Redis checks.
+    failed_rounds: [u32; 2],
 }
 
 impl Monitor {
@@ -106,6 +135,7 @@ impl Monitor {
             publish,
             check_now,
             round: 0,
+            failed_rounds: [0; 2],
         };
         (monitor, handle)
     }
@@ -138,6 +168,8 @@ impl Monitor {
                 checks::redis(&self.cache, s.check_timeout, s.redis_latency)
             ),
         );
+        let database = confirm_failure(database, &mut self.failed_rounds[0], s.failure_threshold);
+        let redis = confirm_failure(redis, &mut self.failed_rounds[1], s.failure_threshold);
         let started = Instant::now();
         let memory = self.probe.memory(s.memory);
         self.record("memory", memory.status, started.elapsed().as_secs_f64());

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::auth::password::PasswordError;
 pub use crate::error::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +40,16 @@ pub enum ApiError {
     /// Not serving yet (start-up: migrations not applied): retryable, so 503.
     #[error("starting")]
     Starting,
-    /// PostgreSQL is unreachable or the pool is exhausted: retryable, so 503.
+    /// PostgreSQL is unreachable, failing over, or the pool is exhausted; or the query was
+    /// a deadlock victim or ran past the deadline: retryable, so 503.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// Admission control or a bulkhead refused the request: retryable, so 503.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The request ran past `REQUEST_TIMEOUT_MS`: retryable, so 503.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     #[error(transparent)]
     Database(sqlx::Error),
     #[error(transparent)]
@@ -52,9 +60,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => ApiError::NotFound,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                ApiError::Unavailable(e)
-            }
+            e if crate::db::is_transient(&e) => ApiError::Unavailable(e),
             // A unique index said no: the client asked for something that already exists
             // (an email, a source id). Their request, not our fault.
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
@@ -71,6 +77,15 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::bad_request("a value was refused by the database")
             }
             e => ApiError::Database(e),
+        }
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy(_) => ApiError::Overloaded("password hashing"),
+            PasswordError::Internal(e) => ApiError::Internal(e),
         }
     }
 }
@@ -106,7 +121,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) | ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_)
+            | ApiError::Starting
+            | ApiError::Overloaded(_)
+            | ApiError::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +145,11 @@ impl ApiError {
                 ("database unavailable, retry later".to_owned(), Vec::new())
             }
             ApiError::Starting => ("starting, retry later".to_owned(), Vec::new()),
+            ApiError::Overloaded(what) => (format!("{what} at capacity, retry later"), Vec::new()),
+            ApiError::DeadlineExceeded => (
+                "request took longer than the server's deadline, retry later".to_owned(),
+                Vec::new(),
+            ),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 ("internal error".to_owned(), Vec::new())
             }

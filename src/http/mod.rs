@@ -5,6 +5,7 @@
 //! Each resource module of [`api`] exports `router()`; add a new one to [`api::router`]
 //! and it inherits request ids, tracing, metrics, the body limit and JSON errors.
 
+mod admission;
 pub mod api;
 pub mod error;
 pub mod extract;

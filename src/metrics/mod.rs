@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cache_errors: IntCounter,
     pub cache_bypasses: IntCounter,
     pub lifecycle_phase: IntGaugeVec,
+    /// Work refused by admission control or a bulkhead, by resource and reason.
+    pub overload_rejections: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -194,6 +196,13 @@ impl Metrics {
             ),
             &["instance", "phase"]
         ));
+        let overload_rejections = register!(IntCounterVec::new(
+            opts(
+                "overload_rejections_total",
+                "Work refused with 503 to protect the replica: resource (requests, password_hashing), reason (queue_full, queue_timeout, deadline)"
+            ),
+            &["instance", "resource", "reason"]
+        ));
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -210,6 +219,16 @@ impl Metrics {
         }
         for state in ["active", "idle", "waiting"] {
             db_pool_size.with_label_values(&[instance, state]);
+        }
+        // Present at zero from the start, so that rate() and alerts see the first refusal.
+        for (resource, reason) in [
+            ("requests", "queue_full"),
+            ("requests", "queue_timeout"),
+            ("requests", "deadline"),
+            ("password_hashing", "queue_full"),
+            ("password_hashing", "queue_timeout"),
+        ] {
+            overload_rejections.with_label_values(&[instance, resource, reason]);
         }
 
         Self {
@@ -234,7 +253,15 @@ impl Metrics {
             cache_errors,
             cache_bypasses,
             lifecycle_phase,
+            overload_rejections,
         }
+    }
+
+    /// Counts one piece of work refused to protect the replica.
+    pub fn record_rejection(&self, resource: &str, reason: &str) {
+        self.overload_rejections
+            .with_label_values(&[self.instance.as_str(), resource, reason])
+            .inc();
     }
 
     /// Renders every metric in the Prometheus text format.

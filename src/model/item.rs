@@ -1,6 +1,8 @@
 //! Items: something gathered from a source (an email, a task, a file...).
 
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -292,8 +294,35 @@ impl Batch {
             ));
             return;
         }
+        let mut first_at: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, item) in self.items.iter().enumerate() {
             item.check_upsert(&format!("$.items[{i}]"), errors);
+            let Some(source) = &item.source else { continue };
+            let key = (source.connector.as_str(), source.source_id.as_str());
+            if let Some(first) = first_at.insert(key, i) {
+                errors.push(FieldError::new(
+                    format!("$.items[{i}].source"),
+                    format!(
+                        "same connector and sourceId as $.items[{first}].source: \
+                         send each source once per batch"
+                    ),
+                ));
+            }
         }
     }
+
+    /// The items sorted by (connector, source id). Every batch locks its rows in this one
+    /// order, so two batches touching the same sources can never wait on each other in a
+    /// cycle (a deadlock, which PostgreSQL would break by failing one of them).
+    pub fn in_canonical_order(&self) -> Vec<&NewItem> {
+        let mut items: Vec<&NewItem> = self.items.iter().collect();
+        items.sort_by(|a, b| source_key(a).cmp(&source_key(b)));
+        items
+    }
+}
+
+fn source_key(item: &NewItem) -> Option<(&str, &str)> {
+    item.source
+        .as_ref()
+        .map(|s| (s.connector.as_str(), s.source_id.as_str()))
 }

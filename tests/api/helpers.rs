@@ -42,6 +42,9 @@ pub fn base_env(database_url: &str, redis_url: &str) -> HashMap<String, String> 
         // the timing-sensitive tests running beside them on a 2-core machine.
         ("PASSWORD_HASH_MEMORY_KIB", "1024"),
         ("PASSWORD_HASH_ITERATIONS", "1"),
+        // The suite runs many tests at once on 2 cores in a debug build: a 1,000-item batch
+        // can take seconds. Tests of the deadline itself set their own.
+        ("REQUEST_TIMEOUT_MS", "30000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -14,6 +14,7 @@ mod metrics;
 mod migrations;
 mod openapi;
 mod outages;
+mod overload;
 mod pagination;
 mod probes;
 mod retention;

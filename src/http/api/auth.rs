@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
-use crate::auth::{password, revocation};
+use crate::auth::revocation;
 use crate::db::users;
 use crate::http::error::validated;
 use crate::http::extract::{AuthUser, VerifiedToken};
@@ -60,7 +60,7 @@ pub async fn register(
         "register",
         &serde_json::json!({"email": email, "password": keyed_password}),
     )?;
-    let hash = password::hash(&state.settings.auth, credentials.password).await?;
+    let hash = state.passwords.hash(credentials.password).await?;
     let db = state.db.clone();
     run_once(&state.db, keyed, move |tx| {
         Box::pin(async move {
@@ -103,10 +103,14 @@ pub async fn login(
         return Err(wrong());
     }
     let Some(user) = users::by_email(&state.db, &email).await? else {
-        password::verify_dummy(&state.settings.auth, credentials.password).await?;
+        state.passwords.verify_dummy(credentials.password).await?;
         return Err(wrong());
     };
-    if !password::verify(credentials.password, user.password_hash).await? {
+    if !state
+        .passwords
+        .verify(credentials.password, user.password_hash)
+        .await?
+    {
         return Err(wrong());
     }
     let issued = state.tokens.issue(user.id).map_err(anyhow::Error::from)?;

@@ -32,13 +32,15 @@ async fn refuse_while_starting(
     }
 }
 
-/// Every resource of the data API, refused with 503 while the replica is starting.
+/// Every resource of the data API, refused with 503 while the replica is starting, and
+/// behind admission control once it has started.
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(auth::router())
         .merge(items::router())
         .merge(search::router())
         .merge(openapi::router())
+        .route_layer(from_fn_with_state(state.clone(), super::admission::admit))
         .route_layer(from_fn_with_state(
             state.lifecycle.clone(),
             refuse_while_starting,

@@ -419,7 +419,7 @@ pub async fn batch(
                 updated: 0,
             };
             let mut ids = Vec::new();
-            for item in &batch.items {
+            for item in batch.in_canonical_order() {
                 match items::upsert(&db, &mut *tx, owner, item).await? {
                     (_, true) => result.created += 1,
                     (row, false) => {
