@@ -10,7 +10,8 @@
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
 //! - [`scenarios`]: the drill itself, one function per promise, and [`report`] its table.
-//! - [`bench`] and [`floor`]: the benchmark suite's pieces (`src/bin/bench.rs`).
+//! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
+//!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
 
 pub mod balancer;
 pub mod bench;

@@ -19,9 +19,22 @@ pub struct Prometheus {
 
 fn rewrite(text: &str, from: &str, to: &str) -> anyhow::Result<String> {
     if !text.contains(from) {
-        bail!("{from:?} not found in the shipped prometheus.yml");
+        bail!("{from:?} not found in the shipped configuration");
     }
     Ok(text.replace(from, to))
+}
+
+/// One alerting or recording rule as Prometheus loaded it (`/api/v1/rules`).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub group: String,
+    pub name: String,
+    /// The expression as Prometheus parsed and printed it.
+    pub query: String,
+    /// "ok", "err" or "unknown" (not evaluated yet).
+    pub health: String,
+    pub last_error: String,
+    pub evaluated: bool,
 }
 
 /// The shipped `prometheus.yml` with targets on loopback and a one-second scrape interval.
@@ -53,16 +66,22 @@ pub fn config(cluster: &Cluster, balancer: &Balancer, own_port: u16) -> anyhow::
     Ok(text)
 }
 
+/// The shipped `alerts.yml` with every group evaluated each second instead of every 30 s,
+/// so that a short test sees each rule evaluated.
+pub fn alert_rules() -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/prometheus/alerts.yml");
+    let text =
+        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    rewrite(&text, "interval: 30s", "interval: 1s")
+}
+
 impl Prometheus {
     pub async fn start(cluster: &Cluster, balancer: &Balancer, dir: &Path) -> anyhow::Result<Self> {
         require_program("prometheus", "apt-get install prometheus")?;
         std::fs::create_dir_all(dir)?;
         let port = free_port();
         std::fs::write(dir.join("prometheus.yml"), config(cluster, balancer, port)?)?;
-        std::fs::copy(
-            crate::repo_root().join("infra/prometheus/alerts.yml"),
-            dir.join("alerts.yml"),
-        )?;
+        std::fs::write(dir.join("alerts.yml"), alert_rules()?)?;
         let mut command = Command::new("prometheus");
         command
             .arg(format!(
@@ -95,22 +114,48 @@ impl Prometheus {
         Ok(prometheus)
     }
 
-    /// Runs an instant query; returns the result vector, or the error Prometheus gave.
-    pub async fn query(&self, client: &reqwest::Client, expr: &str) -> anyhow::Result<Vec<Value>> {
-        let body: Value = client
-            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .query(&[("query", expr)])
-            .send()
-            .await?
-            .json()
-            .await?;
+    /// The `data` of an API answer, or the error Prometheus gave.
+    async fn api(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let mut body: Value = request.send().await?.json().await?;
         if body["status"] != "success" {
             bail!("{}: {}", body["errorType"], body["error"]);
         }
-        Ok(body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+        Ok(body["data"].take())
+    }
+
+    /// Runs an instant query; returns the result vector, or the error Prometheus gave.
+    pub async fn query(&self, client: &reqwest::Client, expr: &str) -> anyhow::Result<Vec<Value>> {
+        let data = self
+            .api(
+                client
+                    .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+                    .query(&[("query", expr)]),
+            )
+            .await?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every rule of every loaded group, with its health after its last evaluation.
+    pub async fn rules(&self, client: &reqwest::Client) -> anyhow::Result<Vec<Rule>> {
+        let data = self
+            .api(client.get(format!("http://127.0.0.1:{}/api/v1/rules", self.port)))
+            .await?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let mut rules = Vec::new();
+        for group in data["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                rules.push(Rule {
+                    group: text(&group["name"]),
+                    name: text(&rule["name"]),
+                    query: text(&rule["query"]),
+                    health: text(&rule["health"]),
+                    last_error: text(&rule["lastError"]),
+                    // Never evaluated: Go's zero time.
+                    evaluated: !text(&rule["lastEvaluation"]).starts_with("0001-"),
+                });
+            }
+        }
+        Ok(rules)
     }
 
     pub fn logs(&self) -> String {

@@ -480,27 +480,58 @@ check_rolling_update() {
   return "$status"
 }
 
-# backup.sh against the machine's PostgreSQL, when one is reachable on loopback.
+# psql on the PostgreSQL check_backup uses, stopping at the first error.
+pg() {
+  psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PGPORT:-5432}" -U "${PGUSER:-postgres}" "$@"
+}
+
+# backup.sh against the machine's PostgreSQL (.ci/run starts it, so it must be there): no
+# PostgreSQL or no client tools fails the check, which then did not run. A scratch
+# database gets a marker row; 14 dated runs must leave exactly the retention's archives,
+# and the newest must restore that row into a second scratch database.
 check_backup() {
-  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-    echo "no PostgreSQL on 127.0.0.1:5432: skipped (counts as pass)"
-    return 0
+  local tool
+  for tool in pg_isready psql pg_dump pg_restore; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "no $tool on the PATH"; return 1; }
+  done
+  if ! pg_isready -q -h 127.0.0.1 -p "${PGPORT:-5432}"; then
+    echo "no PostgreSQL on 127.0.0.1:${PGPORT:-5432}: backup.sh cannot be exercised"
+    return 1
   fi
-  local root="$WORK/backups" d
+  local source="check_backup_$$_$RANDOM" status=0
+  pg -d postgres -c "CREATE DATABASE $source" -c "CREATE DATABASE ${source}_restored" \
+    || return 1
+  backup_round_trip "$source" "${source}_restored" || status=$?
+  pg -d postgres -c "DROP DATABASE IF EXISTS $source" \
+    -c "DROP DATABASE IF EXISTS ${source}_restored" || status=1
+  return "$status"
+}
+
+# backup_round_trip SOURCE RESTORED: check_backup's runs, counts and restore.
+backup_round_trip() {
+  local source="$1" restored="$2" root="$WORK/backups" marker="backup-$$-$RANDOM" d
+  pg -d "$source" -c "CREATE TABLE backup_probe (note text)" \
+    -c "INSERT INTO backup_probe VALUES ('$marker')" || return 1
   for d in 2026-11-01 2026-11-02 2026-11-08 2026-11-09 2026-11-10 2026-11-11 2026-11-12 \
            2026-11-13 2026-11-14 2026-11-15 2026-11-22 2026-11-29 2026-12-01 2026-12-06; do
-    BACKUP_SOURCE=direct PGHOST=127.0.0.1 PGUSER="${PGUSER:-postgres}" \
-      PGDATABASE="${PGDATABASE:-postgres}" BACKUP_ROOT="$root" BACKUP_DATE="$d" \
-      KEEP_DAILY=7 KEEP_WEEKLY=4 KEEP_MONTHLY=12 \
+    BACKUP_SOURCE=direct PGHOST=127.0.0.1 PGPORT="${PGPORT:-5432}" \
+      PGUSER="${PGUSER:-postgres}" PGDATABASE="$source" BACKUP_ROOT="$root" \
+      BACKUP_DATE="$d" KEEP_DAILY=7 KEEP_WEEKLY=4 KEEP_MONTHLY=12 \
       bash infra/scripts/backup.sh > "$WORK/backup.log" 2>&1 \
       || { cat "$WORK/backup.log"; return 1; }
   done
-  local daily weekly monthly
+  local daily weekly monthly newest restored_note
   daily="$(find "$root/daily" -name 'cartae-*.dump' | wc -l)"
   weekly="$(find "$root/weekly" -name 'cartae-*.dump' | wc -l)"
   monthly="$(find "$root/monthly" -name 'cartae-*.dump' | wc -l)"
   echo "after 14 runs: daily $daily, weekly $weekly, monthly $monthly"
-  [[ "$daily" -eq 7 && "$weekly" -eq 4 && "$monthly" -eq 2 ]]
+  [[ "$daily" -eq 7 && "$weekly" -eq 4 && "$monthly" -eq 2 ]] || return 1
+  newest="$(find "$root/daily" -name 'cartae-*.dump' | sort | tail -n 1)"
+  pg_restore -h 127.0.0.1 -p "${PGPORT:-5432}" -U "${PGUSER:-postgres}" -d "$restored" \
+    "$newest" || return 1
+  restored_note="$(pg -d "$restored" -tA -c "SELECT note FROM backup_probe")" || return 1
+  echo "restored $(basename "$newest"): backup_probe holds '$restored_note'"
+  [[ "$restored_note" == "$marker" ]]
 }
 
 # ------------------------------------------------------------------------- main
@@ -525,7 +556,7 @@ run_check "shellcheck" check_shellcheck
 run_check "haproxy -c" check_haproxy
 run_check "traefik loads the dynamic config (loopback)" check_traefik
 run_check "rolling-update.sh process runtime (loopback)" check_rolling_update
-run_check "backup.sh retention" check_backup
+run_check "backup.sh retention and restore (real PostgreSQL)" check_backup
 
 printf '\n'
 if [[ "$FAILED" -gt 0 ]]; then
