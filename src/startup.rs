@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::health::Monitor;
+use crate::http::api::items::cursor;
 use crate::http::serve_metrics;
 use crate::lifecycle::{Lifecycle, Phase, StopSignal};
 use crate::metrics::Metrics;
@@ -65,6 +66,10 @@ impl Application {
         let state = AppState {
             lifecycle: Arc::new(Lifecycle::new(&metrics.lifecycle_phase, &metrics.instance)),
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
+            cursor_key: Arc::new(
+                cursor::key(settings.auth.jwt_secret.expose().as_bytes())
+                    .context("deriving the cursor key")?,
+            ),
             settings: Arc::new(settings),
             db,
             cache,

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use hmac::Hmac;
+use sha2::Sha256;
+
 use crate::auth::jwt::TokenKeys;
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -20,6 +23,8 @@ pub struct AppState {
     pub health: HealthHandle,
     pub lifecycle: Arc<Lifecycle>,
     pub tokens: Arc<TokenKeys>,
+    /// Signs page cursors; derived from `JWT_SECRET` once at start.
+    pub cursor_key: Arc<Hmac<Sha256>>,
 }
 
 impl AppState {
