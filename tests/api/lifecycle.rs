@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cartae_database_api::startup::Stopped;
 
 use crate::helpers::{base_env, pg_url, spawn_app_with, AppOptions, TestDatabase, PG_ADDR};
-use crate::support::process::{free_port, run_to_end, Replica};
+use crate::support::process::{run_to_end, Replica};
 
 #[tokio::test]
 async fn a_stop_signal_drains_probes_at_once_while_routes_keep_serving() {
@@ -63,7 +63,7 @@ async fn process_env(db: &TestDatabase, drain_ms: u64) -> HashMap<String, String
 #[tokio::test]
 async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
     let db = TestDatabase::create().await.unwrap();
-    let mut replica = Replica::start(process_env(&db, 1500).await);
+    let mut replica = Replica::start(process_env(&db, 1500).await).await;
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
 
@@ -127,7 +127,7 @@ async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let db = TestDatabase::create().await.unwrap();
-    let mut replica = Replica::start(process_env(&db, 30_000).await);
+    let mut replica = Replica::start(process_env(&db, 30_000).await).await;
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
     replica.signal("TERM");
@@ -146,15 +146,11 @@ async fn a_second_signal_exits_at_once() {
 }
 
 #[tokio::test]
-async fn signal_handlers_are_installed_before_the_port_is_bound() {
+async fn a_sigterm_during_start_up_drains_instead_of_killing() {
     let db = TestDatabase::create().await.unwrap();
-    let mut replica = Replica::start(process_env(&db, 0).await);
-    // The instant the port accepts, a SIGTERM must start a drain, not kill the process.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", replica.port)).is_err() {
-        assert!(Instant::now() < deadline, "port never bound");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // `start` returns as soon as the replica logs the ports it bound, long before its
+    // migrations finish: a SIGTERM then must start a drain, not kill the process.
+    let mut replica = Replica::start(process_env(&db, 0).await).await;
     replica.signal("TERM");
     let status = replica.wait_exit(Duration::from_secs(10)).expect("exited");
     assert_eq!(
@@ -168,13 +164,14 @@ async fn signal_handlers_are_installed_before_the_port_is_bound() {
 #[tokio::test]
 async fn healthcheck_subcommand_follows_ready() {
     let db = TestDatabase::create().await.unwrap();
-    let replica = Replica::start(process_env(&db, 0).await);
+    let replica = Replica::start(process_env(&db, 0).await).await;
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
     let port = |p: u16| HashMap::from([("PORT".to_owned(), p.to_string())]);
     let (status, output) = run_to_end(&["healthcheck"], &port(replica.port));
     assert!(status.success(), "{output}");
-    let (status, output) = run_to_end(&["healthcheck"], &port(free_port()));
+    // Nothing listens on port 1.
+    let (status, output) = run_to_end(&["healthcheck"], &port(1));
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("not ready"), "{output}");
 }
@@ -182,7 +179,7 @@ async fn healthcheck_subcommand_follows_ready() {
 #[tokio::test]
 async fn probes_are_logged_at_debug_only_and_requests_carry_their_id() {
     let db = TestDatabase::create().await.unwrap();
-    let replica = Replica::start(process_env(&db, 0).await);
+    let replica = Replica::start(process_env(&db, 0).await).await;
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
     for path in ["/live", "/ready", "/health", "/startup"] {
