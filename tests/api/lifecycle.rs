@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cartae_database_api::lifecycle::Phase;
 use cartae_database_api::startup::Stopped;
 
 use crate::helpers::{base_env, pg_url, spawn_app_with, AppOptions, TestDatabase, PG_ADDR};
@@ -265,17 +266,21 @@ async fn a_second_signal_exits_at_once() {
     let client = reqwest::Client::new();
     replica.wait_ready(&client, Duration::from_secs(20)).await;
     replica.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let draining = cartae_harness::process::wait_until(Duration::from_secs(20), || async {
+        let answer = client.get(replica.url("/ready")).send().await;
+        answer.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    assert!(draining, "the first signal did not start a drain");
     assert!(
-        replica.wait_exit(Duration::from_millis(100)).is_none(),
+        replica.wait_exit(Duration::ZERO).is_none(),
         "first signal only drains"
     );
-    let second = Instant::now();
     replica.signal("INT");
+    // 130, and well inside the 30 s drain: a graceful exit would be 0, after the drain.
     let status = replica
-        .wait_exit(Duration::from_secs(3))
+        .wait_exit(Duration::from_secs(15))
         .expect("exited after the second signal");
-    assert!(second.elapsed() < Duration::from_secs(2));
     assert_eq!(status.code(), Some(130));
 }
 
@@ -325,8 +330,12 @@ async fn probes_are_logged_at_debug_only_and_requests_carry_their_id() {
         .send()
         .await
         .unwrap();
-    // The log line is written after the response: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The log line is written after the response: wait for it.
+    let logged = cartae_harness::process::wait_until(Duration::from_secs(10), || {
+        std::future::ready(replica.logs().contains("/not-a-probe"))
+    })
+    .await;
+    assert!(logged, "the request was never logged:\n{}", replica.logs());
     let logs = replica.logs();
     let request_lines: Vec<serde_json::Value> = logs
         .lines()
@@ -366,19 +375,22 @@ async fn a_post_whose_body_is_still_arriving_when_the_drain_starts_completes() {
     stream.write_all(head.as_bytes()).await.unwrap();
     let (first, rest) = body.as_bytes().split_at(10);
     stream.write_all(first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let signalled = Instant::now();
     app.signal();
-    // Trickle the rest across the drain delay and into the stop phase.
-    for chunk in rest.chunks(4) {
-        stream.write_all(chunk).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
+    // Trickle the body across the drain delay; its last bytes only once the replica stops.
+    let (middle, last) = rest.split_at(rest.len() - 4);
+    let mut chunks = middle.chunks(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.state.lifecycle.phase() != Phase::Stopping {
+        assert!(Instant::now() < deadline, "the replica never began to stop");
+        if let Some(chunk) = chunks.next() {
+            stream.write_all(chunk).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        signalled.elapsed() > Duration::from_millis(600),
-        "the body should still be arriving after the drain delay"
-    );
+    for chunk in chunks.chain([last]) {
+        stream.write_all(chunk).await.unwrap();
+    }
     let mut response = String::new();
     tokio::time::timeout(
         Duration::from_secs(10),
