@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::health::Monitor;
+use crate::http::api::items::cursor;
 use crate::http::serve_metrics;
 use crate::lifecycle::{Lifecycle, Phase, StopSignal};
 use crate::metrics::Metrics;
@@ -77,6 +78,10 @@ impl Application {
                 settings.overload.max_queued,
                 settings.overload.queue_timeout,
             )),
+            cursor_key: Arc::new(
+                cursor::key(settings.auth.jwt_secret.expose().as_bytes())
+                    .context("deriving the cursor key")?,
+            ),
             settings: Arc::new(settings),
             db,
             cache,

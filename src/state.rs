@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use hmac::Hmac;
+use sha2::Sha256;
+
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::bulkhead::Bulkhead;
@@ -25,6 +28,8 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     /// Admission control of the data API: requests in flight and queued.
     pub admission: Arc<Bulkhead>,
+    /// Signs page cursors; derived from `JWT_SECRET` once at start.
+    pub cursor_key: Arc<Hmac<Sha256>>,
 }
 
 impl AppState {

@@ -20,7 +20,7 @@ fn a_bad_value_prints_one_line_naming_the_variable_and_exits_non_zero() {
         ("POSTGRES_POOL_MAX", "-3"),
         ("LOG_FORMAT", "xml"),
         ("READY_REQUIRES", "database,kafka"),
-        ("DB_LATENCY_DEGRADED_MS", "900"),
+        ("DB_LATENCY_DEGRADED_MS", "0"),
     ] {
         let (status, output) = run_to_end(&["serve"], &env_with(&[(var, value)]));
         assert_eq!(status.code(), Some(78), "{var}={value}: {output}");

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestRunner};
 use serde_json::{json, Value};
 
 use crate::helpers::spawn_app;
@@ -145,8 +145,19 @@ fn case() -> impl Strategy<Value = Case> {
     ]
 }
 
+/// The run's seed: `PROPTEST_RNG_SEED` replays a run, otherwise a fresh one. Printed
+/// either way, and named in the failure.
+fn seed() -> u64 {
+    match std::env::var("PROPTEST_RNG_SEED") {
+        Ok(seed) => seed.parse().expect("PROPTEST_RNG_SEED is a u64"),
+        Err(_) => uuid::Uuid::new_v4().as_u64_pair().0,
+    }
+}
+
 #[test]
 fn generated_inputs_never_produce_a_5xx() {
+    let seed = seed();
+    eprintln!("fuzz: seed {seed}; replay with PROPTEST_RNG_SEED={seed}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -161,6 +172,7 @@ fn generated_inputs_never_produce_a_5xx() {
     let mut runner = TestRunner::new(Config {
         cases: 400,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(seed),
         ..Config::default()
     });
     let outcome = runner.run(&case(), |case| {
@@ -221,6 +233,6 @@ fn generated_inputs_never_produce_a_5xx() {
     });
     runtime.block_on(async move { drop(app) });
     if let Err(e) = outcome {
-        panic!("{e}");
+        panic!("{e}\nreplay with PROPTEST_RNG_SEED={seed}");
     }
 }

@@ -147,7 +147,16 @@ async fn startup_stays_503_while_postgres_is_unreachable() {
         "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Give it rounds of checks and migration attempts in which it could wrongly start.
+    let rounds = app.round() + 3;
+    let passed = cartae_harness::process::wait_until(Duration::from_secs(20), || {
+        std::future::ready(app.round() >= rounds)
+    })
+    .await;
+    assert!(
+        passed,
+        "the checks do not run while PostgreSQL is unreachable"
+    );
     let (status, body) = app.get_json("/startup").await;
     assert_eq!((status, body["phase"].as_str()), (503, Some("starting")));
     let (status, body) = app.get_json("/ready").await;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cartae_database_api::config::Settings;
+use cartae_database_api::health::{DependencyCheck, Snapshot, Verdict};
 use cartae_database_api::lifecycle::StopSignal;
 use cartae_database_api::startup::{Application, Stopped};
 use cartae_database_api::state::AppState;
@@ -19,8 +20,9 @@ pub use cartae_harness::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
-/// Settings every test starts from: loopback, free ports, fast checks, a CPU threshold no
-/// shared CI machine reaches (CPU tests set their own).
+/// Settings every test starts from: loopback, free ports, frequent checks, and latency and
+/// CPU thresholds no shared 2-core machine reaches, so that "healthy" does not mean "every
+/// ping was fast" (the tests about thresholds set their own).
 pub fn base_env(database_url: &str, redis_url: &str) -> HashMap<String, String> {
     let prefix = format!("test:{}:", Uuid::new_v4().simple());
     [
@@ -31,8 +33,13 @@ pub fn base_env(database_url: &str, redis_url: &str) -> HashMap<String, String> 
         ("REDIS_URL", redis_url),
         ("JWT_SECRET", JWT_SECRET),
         ("CACHE_KEY_PREFIX", &prefix),
-        ("HEALTH_CHECK_INTERVAL_MS", "200"),
-        ("HEALTH_CHECK_TIMEOUT_MS", "150"),
+        ("HEALTH_CHECK_INTERVAL_MS", "500"),
+        ("HEALTH_CHECK_TIMEOUT_MS", "450"),
+        // Beyond the timeout: only a check that times out is not "ok".
+        ("DB_LATENCY_DEGRADED_MS", "1000"),
+        ("DB_LATENCY_CRITICAL_MS", "1000"),
+        ("REDIS_LATENCY_DEGRADED_MS", "1000"),
+        ("REDIS_LATENCY_CRITICAL_MS", "1000"),
         ("CPU_DEGRADED_PERCENT", "1000000"),
         ("CPU_CRITICAL_PERCENT", "1000000"),
         ("DRAIN_DELAY_MS", "300"),
@@ -231,6 +238,54 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// How long [`TestApp::within_a_round`] waits: many rounds, even on a busy machine.
+const ROUNDS_DEADLINE: Duration = Duration::from_secs(20);
+
+impl TestApp {
+    /// The number of the latest published round of checks.
+    pub fn round(&self) -> u64 {
+        self.state.verdict().0.round
+    }
+
+    /// Call right after changing a dependency: waits for a published snapshot where `holds`,
+    /// and asserts that no round begun after the change was seen without it. Measured in
+    /// rounds, not milliseconds: a round in flight at the change may miss it, the next one
+    /// must not.
+    pub async fn within_a_round(&self, holds: impl Fn(&Snapshot, &Verdict) -> bool) {
+        let changed = Instant::now();
+        let timeout = self.state.settings.health.check_timeout;
+        let mut missed: Option<(u64, Duration)> = None;
+        let seen = cartae_harness::process::wait_until(ROUNDS_DEADLINE, || {
+            let (snapshot, verdict) = self.state.verdict();
+            let held = holds(&snapshot, &verdict);
+            if !held {
+                let began = round_began(&snapshot, timeout);
+                if began > changed {
+                    missed.get_or_insert((snapshot.round, began - changed));
+                }
+            }
+            std::future::ready(held)
+        })
+        .await;
+        assert!(seen, "not seen in {ROUNDS_DEADLINE:?}");
+        if let Some((round, after)) = missed {
+            panic!("round {round} began {after:?} after the change, and did not see it");
+        }
+    }
+}
+
+/// When a round began, at the latest: its end less its slowest dependency check (a check
+/// that failed without a round trip may have taken up to the timeout).
+fn round_began(snapshot: &Snapshot, timeout: Duration) -> Instant {
+    let took = |check: &DependencyCheck| {
+        check
+            .latency
+            .map_or(timeout, |ms| Duration::from_secs_f64(ms / 1000.0))
+    };
+    let checks = &snapshot.checks;
+    snapshot.checked_instant - took(&checks.database).max(took(&checks.redis))
 }
 
 /// Sums every sample of `name` whose labels contain all of `labels`.

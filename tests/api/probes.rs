@@ -7,19 +7,17 @@ use futures::future::join_all;
 use crate::helpers::{spawn_app_with, AppOptions};
 use crate::support::proxy::Mode;
 
-/// Longer than the suite's default (200 ms), with a check timeout to match: a thousand
-/// probes on a 2-core machine shared with the rest of the suite can delay a check past
-/// 150 ms, which would make `/health` answer 503 and fail this test for the wrong reason.
-const INTERVAL_MS: u64 = 500;
-
-#[tokio::test]
+/// The burst and the app share the test's runtime: on one thread the thousand requests
+/// would starve the checks past their timeout, and `/health` would answer 503 for a reason
+/// this test is not about. Two workers, and a check timeout far from the burst's length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_health_probes_cost_one_round_trip_per_interval() {
     let app = spawn_app_with(
         AppOptions::default()
             .proxy_postgres()
             .proxy_redis()
-            .env("HEALTH_CHECK_INTERVAL_MS", &INTERVAL_MS.to_string())
-            .env("HEALTH_CHECK_TIMEOUT_MS", "450"),
+            .env("HEALTH_CHECK_INTERVAL_MS", "2000")
+            .env("HEALTH_CHECK_TIMEOUT_MS", "1900"),
     )
     .await;
     app.wait_ready().await;
@@ -29,21 +27,32 @@ async fn a_thousand_concurrent_health_probes_cost_one_round_trip_per_interval() 
 
     let (queries_before, pg_conns_before, redis_conns_before) =
         (pg.queries(), pg.connections(), redis.connections());
-    let started = Instant::now();
+    let round_before = app.round();
     let responses = join_all((0..1000).map(|_| app.client.get(app.url("/health")).send())).await;
-    let elapsed = started.elapsed();
-    let ok = responses
+    let rounds = app.round() - round_before;
+    let failed: Vec<String> = responses
         .into_iter()
-        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
-        .count();
-    assert_eq!(ok, 1000, "every probe answered 200");
+        .filter_map(|r| match r {
+            Ok(r) if r.status() == 200 => None,
+            Ok(r) => Some(r.status().to_string()),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    let snapshot = app.state.verdict().0;
+    assert!(
+        failed.is_empty(),
+        "{} probes failed, e.g. {:?}; latest checks: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)],
+        snapshot.checks
+    );
 
     let queries = pg.queries() - queries_before;
-    // Each round is at most a liveness ping of the pooled connection plus `SELECT 1`.
-    let rounds_allowed = elapsed.as_millis() as u64 / INTERVAL_MS + 2;
+    // Each round is at most a liveness ping of the pooled connection plus `SELECT 1`; the
+    // round in flight when the burst began counts too.
     assert!(
-        queries <= 2 * rounds_allowed,
-        "{queries} PostgreSQL queries for 1000 probes in {elapsed:?}; the interval allows {rounds_allowed} rounds"
+        queries <= 2 * (rounds + 1),
+        "{queries} PostgreSQL queries for 1000 probes while {rounds} rounds of checks ran"
     );
     assert!(
         pg.connections() - pg_conns_before < 2,
@@ -56,8 +65,11 @@ async fn a_thousand_concurrent_health_probes_cost_one_round_trip_per_interval() 
 
     // The counter does see the background checks: the bound above is not vacuous.
     let before = pg.queries();
-    tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 3)).await;
-    assert!(pg.queries() > before, "background checks reach PostgreSQL");
+    let seen = cartae_harness::process::wait_until(Duration::from_secs(20), || {
+        std::future::ready(pg.queries() > before)
+    })
+    .await;
+    assert!(seen, "background checks reach PostgreSQL");
 }
 
 #[tokio::test]
@@ -71,15 +83,12 @@ async fn a_hanging_database_fails_its_check_at_the_timeout_without_hanging_probe
         })
         .await;
     let message = body["checks"]["database"]["message"].as_str().unwrap();
-    assert!(message.contains("within 150 ms"), "{message}");
+    assert!(message.contains("within 450 ms"), "{message}");
     for path in ["/health", "/ready", "/live", "/health/detailed"] {
-        let started = Instant::now();
-        let response = app.get(path).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{path} took {:?}",
-            started.elapsed()
-        );
+        // A probe that waited on the hung database would wait forever: 5 s is far from that.
+        let response = tokio::time::timeout(Duration::from_secs(5), app.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} hangs with the database"));
         let expected = if path == "/live" { 200 } else { 503 };
         assert_eq!(response.status(), expected, "{path}");
     }

@@ -67,6 +67,18 @@ pub fn sourced(connector: &str, source_id: &str, title: &str) -> Value {
     })
 }
 
+/// Registers a fresh user on the API at `base` (e.g. `http://127.0.0.1:3001`) and returns
+/// their token; for replicas that are processes as well as in-process apps.
+pub async fn sign_up(client: &reqwest::Client, base: &str) -> String {
+    let email = unique_email();
+    let body = json!({"email": email, "password": PASSWORD});
+    let registered = answer(client.post(format!("{base}/api/auth/register")).json(&body)).await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let login = answer(client.post(format!("{base}/api/auth/login")).json(&body)).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    login.body["token"].as_str().unwrap().to_owned()
+}
+
 impl TestApp {
     pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let request = self.client.request(method, self.url(path));
@@ -105,12 +117,7 @@ impl TestApp {
     /// A fresh user's token (once the app is ready: the API answers 503 before).
     pub async fn new_user(&self) -> String {
         self.wait_ready().await;
-        let email = unique_email();
-        let registered = self.register(&email, PASSWORD).await;
-        assert_eq!(registered.status, 201, "{}", registered.body);
-        let login = self.login(&email, PASSWORD).await;
-        assert_eq!(login.status, 200, "{}", login.body);
-        login.body["token"].as_str().unwrap().to_owned()
+        sign_up(&self.client, &self.address).await
     }
 
     pub async fn create_item(&self, token: &str, body: &Value) -> Answer {

@@ -1,35 +1,63 @@
-//! The opaque page cursor of `GET /api/items`: the position of the last item served.
+//! The opaque page cursor of `GET /api/items`: the position of the last item served,
+//! signed so that a cursor the API did not make is a 400, however well-formed.
 //!
 //! Clients must not build or edit cursors, so the format is free to change; a cursor
-//! that does not decode is a 400, never a database error.
+//! that does not decode or verify is a 400, never a database error.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::DateTime;
+use hmac::digest::InvalidLength;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::db::items::Position;
 
-const VERSION: &str = "v1";
+/// The MAC of cursors, keyed once at start (see [`key`]); cloned per use.
+pub type CursorKey = Hmac<Sha256>;
+
+const VERSION: &str = "v2";
+/// Separates the cursor key from every other use of `JWT_SECRET` (token signatures).
+const KEY_LABEL: &[u8] = b"cartae-database-api/items-cursor/v2";
+/// A truncated tag: 128 bits is far beyond guessing online, and keeps cursors short.
+const TAG_LEN: usize = 16;
 /// Far longer than any cursor this module makes; longer input is not decoded at all.
 const MAX_LEN: usize = 128;
 
-pub fn encode(position: Position) -> String {
-    let raw = format!(
+/// Derives the cursor key from the shared secret: every replica derives the same one, and
+/// changing the secret invalidates outstanding cursors.
+pub fn key(secret: &[u8]) -> Result<CursorKey, InvalidLength> {
+    let mut derive = CursorKey::new_from_slice(secret)?;
+    derive.update(KEY_LABEL);
+    CursorKey::new_from_slice(&derive.finalize().into_bytes())
+}
+
+pub fn encode(key: &CursorKey, position: Position) -> String {
+    let payload = format!(
         "{VERSION}:{}:{}",
         position.created_at.timestamp_micros(),
         position.id
     );
+    let mut mac = key.clone();
+    mac.update(payload.as_bytes());
+    let mut raw = payload.into_bytes();
+    raw.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-pub fn decode(cursor: &str) -> Option<Position> {
+pub fn decode(key: &CursorKey, cursor: &str) -> Option<Position> {
     if cursor.len() > MAX_LEN {
         return None;
     }
     let raw = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let mut parts = raw.splitn(3, ':');
+    let (payload, tag) = raw.split_at_checked(raw.len().checked_sub(TAG_LEN)?)?;
+    let mut mac = key.clone();
+    mac.update(payload);
+    // Constant time: the comparison leaks nothing about how much of a forged tag matched.
+    mac.verify_truncated_left(tag).ok()?;
+    let payload = std::str::from_utf8(payload).ok()?;
+    let mut parts = payload.splitn(3, ':');
     if parts.next()? != VERSION {
         return None;
     }
@@ -45,13 +73,18 @@ pub fn decode(cursor: &str) -> Option<Position> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_cursor_round_trips_and_garbage_does_not_decode() {
-        let position = Position {
+    fn position() -> Position {
+        Position {
             created_at: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
             id: Uuid::now_v7(),
-        };
-        assert_eq!(decode(&encode(position)), Some(position));
+        }
+    }
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_does_not_decode() {
+        let key = key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
+        let position = position();
+        assert_eq!(decode(&key, &encode(&key, position)), Some(position));
         for bad in [
             "",
             "x",
@@ -60,7 +93,28 @@ mod tests {
             &"A".repeat(500),
             "djI6MTIzOmFiYw",
         ] {
-            assert_eq!(decode(bad), None, "{bad}");
+            assert_eq!(decode(&key, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_well_formed_cursor_without_the_right_tag_does_not_decode() {
+        let key = key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
+        let position = position();
+        let payload = format!("{VERSION}:{}:{}", 1_764_000_000_123_456i64, position.id);
+        // No tag, a zero tag, and the tag of another secret.
+        let mut zero_tag = payload.clone().into_bytes();
+        zero_tag.extend_from_slice(&[0; TAG_LEN]);
+        let other = encode(
+            &super::key(b"another-secret-another-secret-0000").unwrap(),
+            position,
+        );
+        for forged in [
+            URL_SAFE_NO_PAD.encode(&payload),
+            URL_SAFE_NO_PAD.encode(zero_tag),
+            other,
+        ] {
+            assert_eq!(decode(&key, &forged), None, "{forged}");
         }
     }
 }

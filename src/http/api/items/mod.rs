@@ -242,7 +242,7 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-fn parse_list(params: ListParams) -> ApiResult<ListQuery> {
+fn parse_list(params: ListParams, key: &cursor::CursorKey) -> ApiResult<ListQuery> {
     let mut errors = Vec::new();
     let kind = params.kind.as_deref().and_then(|raw| {
         let kind = ItemType::parse(raw);
@@ -262,7 +262,7 @@ fn parse_list(params: ListParams) -> ApiResult<ListQuery> {
     let favorite = parse_bool("favorite", params.favorite.as_deref(), &mut errors);
     let limit = parse_limit(params.limit.as_deref(), &mut errors);
     let after = params.cursor.as_deref().and_then(|c| {
-        let position = cursor::decode(c);
+        let position = cursor::decode(key, c);
         if position.is_none() {
             errors.push(FieldError::new(
                 "cursor",
@@ -304,7 +304,7 @@ pub async fn list(
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> ApiResult<axum::Json<ItemPage>> {
-    let query = parse_list(params)?;
+    let query = parse_list(params, &state.cursor_key)?;
     let filter = ListFilter {
         kind: query.kind,
         tag: query.tag.clone(),
@@ -318,10 +318,13 @@ pub async fn list(
         let more = rows.len() as i64 > query.limit;
         rows.truncate(query.limit as usize);
         let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
-            cursor::encode(Position {
-                created_at: last.created_at,
-                id: last.id,
-            })
+            cursor::encode(
+                &state.cursor_key,
+                Position {
+                    created_at: last.created_at,
+                    id: last.id,
+                },
+            )
         });
         Ok::<_, sqlx::Error>(ItemPage {
             items: rows,
