@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cache;
 mod config;
+mod documented_probes;
 mod fuzz;
 mod health;
 mod items;
