@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cache;
 mod config;
+mod documented_data;
 mod documented_probes;
 mod fuzz;
 mod health;
