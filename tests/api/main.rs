@@ -8,6 +8,7 @@ mod cache;
 mod config;
 mod documented_data;
 mod documented_probes;
+mod documented_process;
 mod fuzz;
 mod health;
 mod items;
