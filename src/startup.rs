@@ -133,8 +133,13 @@ impl Application {
         let metrics_shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(monitor.run(shutdown.clone()));
-        tasks.spawn(start_up(state.clone(), shutdown.clone()));
-        tasks.spawn(purge_periodically(state.clone(), shutdown.clone()));
+        tasks.spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move {
+                start_up(state.clone(), shutdown.clone()).await;
+                purge_periodically(state, shutdown).await;
+            }
+        });
         let mut api = tokio::spawn({
             let app = crate::http::app(state.clone());
             let stop = shutdown.clone();
@@ -208,16 +213,17 @@ fn forced() -> Stopped {
 /// the deletes are idempotent, and a few cheap indexed statements per interval cost little.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Purges once start-up is complete (the tables exist), then every [`PURGE_INTERVAL`]: a
+/// replica replaced more often than that (frequent releases) still purges.
 async fn purge_periodically(state: AppState, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(PURGE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Checked first: a start-up cut short by a signal must not purge on its way out.
+            biased;
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
-        }
-        if !state.lifecycle.is_started() {
-            continue;
         }
         match crate::db::retention::purge(&state.db, state.settings.idempotency_key_ttl).await {
             Ok(purged) => tracing::debug!(?purged, "expired rows purged"),

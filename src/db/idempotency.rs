@@ -1,5 +1,7 @@
 //! Idempotency keys: the first response to a keyed POST, kept to be replayed.
 
+use std::time::Duration;
+
 use sqlx::{FromRow, PgConnection};
 
 use super::Database;
@@ -12,7 +14,9 @@ pub struct StoredResponse {
     pub etag: Option<String>,
 }
 
-/// Takes the key inside the caller's transaction. Returns false when the key exists.
+/// Takes the key inside the caller's transaction. Returns false when the key exists and is
+/// younger than `ttl`; a key older than that is taken over, as if it had been purged
+/// (the purge only runs every few minutes, and must not decide what replays).
 ///
 /// When another transaction holds the same key uncommitted, PostgreSQL makes this insert
 /// wait on the primary key until that transaction ends: then it conflicts (the other one
@@ -23,14 +27,20 @@ pub async fn claim(
     scope: &str,
     key: &str,
     fingerprint: &[u8],
+    ttl: Duration,
 ) -> Result<bool, sqlx::Error> {
     let query = sqlx::query(
         "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body)
-         VALUES ($1, $2, $3, 0, 'null') ON CONFLICT (scope, key) DO NOTHING",
+         VALUES ($1, $2, $3, 0, 'null')
+         ON CONFLICT (scope, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, status = 0, body = 'null', etag = NULL,
+               created_at = now()
+           WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)",
     )
     .bind(scope)
     .bind(key)
     .bind(fingerprint)
+    .bind(ttl.as_secs_f64())
     .execute(conn);
     Ok(db.timed("idempotency_claim", query).await?.rows_affected() == 1)
 }

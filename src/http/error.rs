@@ -4,7 +4,7 @@
 //! Every error answers `{error, details: [{path, message}]}`. Internal errors are logged
 //! with their cause and answered with a generic message: details never leak to clients.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -172,14 +172,16 @@ impl IntoResponse for ApiError {
             );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS);
         }
         response
     }
 }
+
+/// What every 503 of the API port sends as `Retry-After`: all its causes are temporary.
+pub const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 
 pub type ApiResult<T> = Result<T, ApiError>;
 

@@ -78,12 +78,14 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
     let is_info = span
         .metadata()
         .is_some_and(|m| *m.level() == tracing::Level::INFO);
-    if status >= 500 {
-        tracing::error!(status, latency_ms = ms, "request failed");
-    } else if is_info {
-        tracing::info!(status, latency_ms = ms, "request served");
-    } else {
+    if !is_info {
+        // A probe: its 503s (starting, draining, a dependency down) are answers, not
+        // failures, and an outage must not turn every balancer's probe into an error line.
         tracing::debug!(status, latency_ms = ms, "request served");
+    } else if status >= 500 {
+        tracing::error!(status, latency_ms = ms, "request failed");
+    } else {
+        tracing::info!(status, latency_ms = ms, "request served");
     }
 }
 

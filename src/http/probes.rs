@@ -12,8 +12,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::health::{HealthStatus, Snapshot, Verdict};
+use crate::http::error::RETRY_AFTER_SECONDS;
 use crate::state::AppState;
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -27,6 +29,15 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/health/detailed", get(health_detailed))
         .route("/startup", get(startup))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::RETRY_AFTER,
+            retry_after,
+        ))
+}
+
+/// A probe's 503 is temporary (starting, draining, a dependency down), like the data API's.
+fn retry_after<B>(response: &Response<B>) -> Option<HeaderValue> {
+    (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS)
 }
 
 fn now() -> String {

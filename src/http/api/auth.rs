@@ -62,7 +62,7 @@ pub async fn register(
     )?;
     let hash = state.passwords.hash(credentials.password).await?;
     let db = state.db.clone();
-    run_once(&state.db, keyed, move |tx| {
+    run_once(&state, keyed, move |tx| {
         Box::pin(async move {
             let user =
                 users::insert(&db, tx, &email, &hash).await.map_err(|e| {

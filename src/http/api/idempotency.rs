@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::db::{idempotency, Database};
+use crate::db::idempotency;
 use crate::http::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// A response that can be stored and replayed byte for byte (same status, body, ETag).
 #[derive(Debug, Clone)]
@@ -149,13 +150,14 @@ impl IntoResponse for Outcome {
 pub type Work<'c> = Pin<Box<dyn Future<Output = ApiResult<Reply>> + Send + 'c>>;
 
 /// Runs `work` in one transaction, at most once per key.
-pub async fn run_once<F>(db: &Database, keyed: Option<Keyed>, work: F) -> ApiResult<Outcome>
+pub async fn run_once<F>(state: &AppState, keyed: Option<Keyed>, work: F) -> ApiResult<Outcome>
 where
     F: for<'c> FnOnce(&'c mut PgConnection) -> Work<'c>,
 {
+    let (db, ttl) = (&state.db, state.settings.idempotency_key_ttl);
     let mut tx = db.timed("begin", db.pool.begin()).await?;
     if let Some(k) = &keyed {
-        if !idempotency::claim(db, &mut tx, &k.scope, &k.key, &k.fingerprint).await? {
+        if !idempotency::claim(db, &mut tx, &k.scope, &k.key, &k.fingerprint, ttl).await? {
             let stored = idempotency::find(db, &mut tx, &k.scope, &k.key).await?;
             if stored.fingerprint != k.fingerprint {
                 return Err(ApiError::Unprocessable(

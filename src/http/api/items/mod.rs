@@ -74,7 +74,7 @@ pub async fn create(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
-    let outcome = run_once(&state.db, keyed, move |tx| {
+    let outcome = run_once(&state, keyed, move |tx| {
         Box::pin(async move {
             let item = items::insert(&db, tx, owner, &new).await?;
             Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
@@ -360,7 +360,7 @@ pub async fn upsert(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
-    let outcome = run_once(&state.db, keyed, move |tx| {
+    let outcome = run_once(&state, keyed, move |tx| {
         Box::pin(async move {
             let (item, created) = items::upsert(&db, tx, owner, &new).await?;
             let status = if created {
@@ -415,7 +415,7 @@ pub async fn batch(
     // The updated items' cache entries must go stale; the transaction reports their ids.
     let updated_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let updated = updated_ids.clone();
-    let outcome = run_once(&state.db, keyed, move |tx| {
+    let outcome = run_once(&state, keyed, move |tx| {
         Box::pin(async move {
             let mut result = BatchResult {
                 created: 0,
