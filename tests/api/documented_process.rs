@@ -79,7 +79,7 @@ async fn healthcheck_exits_1_while_ready_answers_503_and_0_once_it_answers_200()
     let db = TestDatabase::create().await.unwrap();
     let pg = pg_proxy().await;
     pg.set_mode(Mode::Cut);
-    let replica = Replica::start(env_through(&pg, &db, &[]));
+    let replica = Replica::start(env_through(&pg, &db, &[])).await;
     // Serving HTTP, so the command reaches it, and answering 503.
     wait_for(&replica, "/ready", |s, _| s == 503).await;
     let (code, output) = healthcheck(&replica);
@@ -97,7 +97,7 @@ async fn a_second_signal_while_starting_exits_130() {
     let db = TestDatabase::create().await.unwrap();
     let pg = pg_proxy().await;
     pg.set_mode(Mode::Cut);
-    let mut replica = Replica::start(env_through(&pg, &db, &[("DRAIN_DELAY_MS", "60000")]));
+    let mut replica = Replica::start(env_through(&pg, &db, &[("DRAIN_DELAY_MS", "60000")])).await;
     wait_for(&replica, "/startup", |s, b| {
         s == 503 && b["phase"] == "starting"
     })
@@ -144,7 +144,7 @@ async fn stopping_with_a_stuck_request(
         ("DRAIN_DELAY_MS", "200"),
         ("SHUTDOWN_TIMEOUT_MS", shutdown_timeout_ms),
     ];
-    let replica = Replica::start(env_through(&pg, &db, &extra));
+    let replica = Replica::start(env_through(&pg, &db, &extra)).await;
     wait_for(&replica, "/ready", |s, _| s == 200).await;
     let stream = stuck_request(&replica).await;
     replica.signal("TERM");
@@ -243,7 +243,7 @@ async fn secrets_never_appear_in_the_logs() {
         "LOG_LEVEL".into(),
         "trace,sqlx=trace,tower_http=trace".into(),
     );
-    let mut replica = Replica::start(env);
+    let mut replica = Replica::start(env).await;
     wait_for(&replica, "/ready", |s, _| s == 200).await;
 
     use reqwest::Method;
@@ -336,7 +336,7 @@ async fn probes_answering_503_are_logged_at_debug_only() {
     let db = TestDatabase::create().await.unwrap();
     let pg = pg_proxy().await;
     pg.set_mode(Mode::Cut);
-    let mut replica = Replica::start(env_through(&pg, &db, &[]));
+    let mut replica = Replica::start(env_through(&pg, &db, &[])).await;
     for path in ["/ready", "/health", "/startup"] {
         wait_for(&replica, path, |s, _| s == 503).await;
     }
