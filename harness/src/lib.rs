@@ -9,7 +9,7 @@
 //!   with the shipped configuration, only the server addresses and timings rewritten.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
-//! - [`scenarios`]: the drill itself, one function per promise, and [`report`] its table.
+//! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`] and [`floor`]: the benchmark suite's pieces (`src/bin/bench.rs`).
 
 pub mod balancer;
