@@ -68,8 +68,8 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
     let mean = durations.iter().sum::<Duration>() / durations.len().max(1) as u32;
     r.recovery = Some(mean);
     r.notes = format!(
-        "recovery = mean rollout time; every pid and executable replaced in each of {ROUNDS} rounds; \
-         fewest ready replicas {} over {} samples",
+        "recovery = mean rollout time; {ROUNDS} rounds, each replica's pid and executable \
+         checked after each; fewest ready replicas {} over {} samples",
         readiness.fewest, readiness.samples
     );
     d.check_writes(&outcomes, &mut r.problems).await?;

@@ -177,7 +177,7 @@ impl Readiness {
     /// less than all (never two out; and not all, or nothing was taken out), seen by at
     /// least one sample per second (each replica is out for at least the drain delay).
     pub fn check_one_out(&self, all: usize, elapsed: Duration, problems: &mut Vec<String>) {
-        if self.fewest != all - 1 {
+        if self.samples > 0 && self.fewest != all - 1 {
             problems.push(format!(
                 "fewest ready replicas was {}, expected exactly {}",
                 self.fewest,
