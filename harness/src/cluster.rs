@@ -193,20 +193,54 @@ impl Cluster {
         })
     }
 
-    /// The PID the script recorded for an instance.
-    pub fn pid(&self, index: usize) -> Option<i32> {
+    /// The PID the script recorded for an instance: only to clean up, never as evidence.
+    fn recorded_pid(&self, index: usize) -> Option<i32> {
         let file = self
             .state_dir
             .join(format!("{}.pid", self.instances[index].name));
         std::fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
-    /// SIGKILL, no drain: a crash.
-    pub fn crash(&self, index: usize) -> anyhow::Result<()> {
-        let pid = self.pid(index).context("no pid recorded")?;
-        send_signal(-pid, "KILL");
-        send_signal(pid, "KILL");
-        Ok(())
+    /// The process that answers on an instance's port, as the operating system sees it.
+    pub async fn identity(
+        &self,
+        client: &reqwest::Client,
+        index: usize,
+    ) -> anyhow::Result<Identity> {
+        let instance = &self.instances[index];
+        // `/health/detailed` answers (200 or 503) in every phase but a dead process.
+        let body: serde_json::Value = client
+            .get(instance.url("/health/detailed"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("{}: /health/detailed", instance.name))?
+            .json()
+            .await?;
+        let pid = body["system"]["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .with_context(|| format!("{}: no system.pid in /health/detailed", instance.name))?;
+        Identity::of(pid).with_context(|| format!("{}: pid {pid}", instance.name))
+    }
+
+    /// Every instance's identity, or why it could not be read.
+    pub async fn identities(&self, client: &reqwest::Client) -> Vec<Result<Identity, String>> {
+        let all = (0..self.instances.len()).map(|i| self.identity(client, i));
+        futures::future::join_all(all)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|e| format!("{e:#}")))
+            .collect()
+    }
+
+    /// SIGKILL, no drain: a crash. Kills the process that really serves the port (and its
+    /// group), and returns it.
+    pub async fn crash(&self, client: &reqwest::Client, index: usize) -> anyhow::Result<Identity> {
+        let victim = self.identity(client, index).await?;
+        send_signal(-victim.pid, "KILL");
+        send_signal(victim.pid, "KILL");
+        Ok(victim)
     }
 
     /// Starts every instance that is not running, at the version it last ran.
@@ -283,7 +317,7 @@ impl Cluster {
 
     pub fn stop_all(&self) {
         for index in 0..self.instances.len() {
-            if let Some(pid) = self.pid(index) {
+            if let Some(pid) = self.recorded_pid(index) {
                 if is_alive(pid) {
                     send_signal(-pid, "KILL");
                     send_signal(pid, "KILL");
@@ -296,6 +330,43 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// A process as the kernel knows it. The pid alone could be reused; with its start time
+/// it names one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_ticks: u64,
+    /// The executable it runs (`/proc/<pid>/exe`): the "version" of a rollout.
+    pub exe: PathBuf,
+}
+
+impl Identity {
+    pub fn of(pid: i32) -> anyhow::Result<Self> {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The command name (field 2) may hold spaces; fields after its ")" are plain.
+        let start_ticks = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .and_then(|t| t.parse().ok())
+            .context("no start time in /proc/<pid>/stat")?;
+        Ok(Self {
+            pid,
+            start_ticks,
+            exe,
+        })
+    }
+
+    /// The executable's file name, e.g. `cartae-v2`.
+    pub fn version(&self) -> String {
+        self.exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 

@@ -9,7 +9,7 @@
 //!   with the shipped configuration, only the server addresses and timings rewritten.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
-//! - [`scenarios`]: the drill itself, one function per promise, and [`report`] its table.
+//! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
 

@@ -2,8 +2,10 @@
 //! record of every request's outcome and latency.
 //!
 //! The mix is what replicas serve in production: item reads, item writes carrying an
-//! `Idempotency-Key` (retried by the client with the same key, as a careful client does
-//! when a replica dies mid-request), and searches.
+//! `Idempotency-Key`, and searches. Writes may be retried with the same key, as a careful
+//! client does when a replica dies mid-request, but only when the scenario asks for it
+//! (`LoadSpec::retry_writes`); the first attempt's answer is always kept, so a failure
+//! hidden by a retry still counts.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,29 @@ pub enum Kind {
     Search,
 }
 
+/// One attempt's answer.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// None when no HTTP answer came back (connection error, timeout).
+    pub status: Option<u16>,
+    /// Whether the answer carried a `Retry-After` header.
+    pub retry_after: bool,
+    /// The replica that answered (`X-Instance-Id`), when one did.
+    pub instance: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// What a gateway or a dying replica gives: the answers a keyed retry is for.
+    pub fn retryable(&self) -> bool {
+        self.status.is_none_or(|s| (502..=504).contains(&s))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub kind: Kind,
@@ -26,16 +51,28 @@ pub struct Outcome {
     pub started: Duration,
     /// From the first attempt to the final answer.
     pub latency: Duration,
-    pub status: Option<u16>,
+    /// The first attempt's answer: what a client without retries would have seen.
+    pub first: Answer,
+    /// The final answer (the first one when there was no retry).
+    pub last: Answer,
     pub attempts: u32,
-    pub instance: Option<String>,
     pub idempotency_key: Option<String>,
-    pub error: Option<String>,
 }
 
 impl Outcome {
+    /// The first attempt succeeded: the drill's measure of a failure.
+    pub fn first_ok(&self) -> bool {
+        self.first.ok()
+    }
+
+    /// The final answer succeeded, after any retries.
     pub fn ok(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        self.last.ok()
+    }
+
+    /// When the request ended, from the start of the run.
+    pub fn ended(&self) -> Duration {
+        self.started + self.latency
     }
 }
 
@@ -122,6 +159,9 @@ pub struct LoadSpec {
     pub mix: [u32; 3],
     /// Send the sticky cookie back (one client pinned to a replica), or not (fresh clients).
     pub sticky: bool,
+    /// Retry a write with its key on no answer or a 502 to 504. Off unless a scenario
+    /// says why a retry is legitimate (a replica killed mid-request).
+    pub retry_writes: bool,
 }
 
 impl Default for LoadSpec {
@@ -133,6 +173,7 @@ impl Default for LoadSpec {
             max_duration: Duration::from_secs(120),
             mix: [6, 2, 2],
             sticky: false,
+            retry_writes: false,
         }
     }
 }
@@ -141,7 +182,12 @@ pub struct LoadRun {
     /// Outcomes' `started` offsets count from here.
     pub started: Instant,
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Outcome>>,
+    /// Set when a worker stopped on `max_requests` or `max_duration` rather than `stop`.
+    limited: Arc<AtomicBool>,
+    /// Requests answered with a 2xx on their first attempt so far, to wait on progress.
+    successes: Arc<AtomicUsize>,
+    workers: usize,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<Outcome>>>,
 }
 
 impl LoadRun {
@@ -151,25 +197,81 @@ impl LoadRun {
         workload: Workload,
         spec: LoadSpec,
     ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
-        let task = tokio::spawn(run(client, base, workload, spec, stop.clone(), started));
+        let shared = Shared {
+            stop: Arc::new(AtomicBool::new(false)),
+            limited: Arc::new(AtomicBool::new(false)),
+            successes: Arc::new(AtomicUsize::new(0)),
+            issued: Arc::new(AtomicUsize::new(0)),
+            started,
+        };
+        let (stop, limited, successes) = (
+            shared.stop.clone(),
+            shared.limited.clone(),
+            shared.successes.clone(),
+        );
+        let workers = spec.workers;
+        let task = tokio::spawn(run(client, base, workload, spec, shared));
         Self {
             started,
             stop,
+            limited,
+            successes,
+            workers,
             task,
         }
     }
 
-    /// Stops the workers after their current request and returns every outcome.
-    pub async fn stop(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap_or_default()
+    /// How many workers send requests: at most this many are in flight.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
-    /// Waits until the request or time bound ends the run.
-    pub async fn finish(self) -> Vec<Outcome> {
-        self.task.await.unwrap_or_default()
+    /// Requests whose first attempt succeeded so far.
+    pub fn successes(&self) -> usize {
+        self.successes.load(Ordering::SeqCst)
+    }
+
+    /// Stops the workers after their current request and returns every outcome. An error
+    /// when a worker panicked, or when the run had already ended on its own limits: the
+    /// scenario then did not run under load until the end.
+    pub async fn stop(self) -> anyhow::Result<Vec<Outcome>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let outcomes = self.task.await.context("the load task panicked")??;
+        if self.limited.load(Ordering::SeqCst) {
+            bail!("the load ended on its request or time limit before the scenario stopped it");
+        }
+        Ok(outcomes)
+    }
+
+    /// Waits until the request or time bound ends the run. An error when a worker panicked.
+    pub async fn finish(self) -> anyhow::Result<Vec<Outcome>> {
+        self.task.await.context("the load task panicked")?
+    }
+}
+
+/// What the workers of one run share.
+#[derive(Clone)]
+struct Shared {
+    stop: Arc<AtomicBool>,
+    limited: Arc<AtomicBool>,
+    successes: Arc<AtomicUsize>,
+    issued: Arc<AtomicUsize>,
+    started: Instant,
+}
+
+impl Shared {
+    /// Whether a worker should stop before its next request, noting a stop on the limits.
+    fn done(&self, spec: &LoadSpec) -> bool {
+        if self.stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        let limited = self.started.elapsed() > spec.max_duration
+            || self.issued.fetch_add(1, Ordering::SeqCst) >= spec.max_requests;
+        if limited {
+            self.limited.store(true, Ordering::SeqCst);
+        }
+        limited
     }
 }
 
@@ -178,19 +280,16 @@ async fn run(
     base: String,
     workload: Workload,
     spec: LoadSpec,
-    stop: Arc<AtomicBool>,
-    started: Instant,
-) -> Vec<Outcome> {
-    let issued = Arc::new(AtomicUsize::new(0));
+    shared: Shared,
+) -> anyhow::Result<Vec<Outcome>> {
     let per_worker = Duration::from_secs_f64(spec.workers as f64 / spec.rate.max(0.1));
     let workers = (0..spec.workers).map(|worker| {
-        let (client, base, workload, spec, stop, issued) = (
+        let (client, base, workload, spec, shared) = (
             client.clone(),
             base.clone(),
             workload.clone(),
             spec.clone(),
-            stop.clone(),
-            issued.clone(),
+            shared.clone(),
         );
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
@@ -200,10 +299,7 @@ async fn run(
             let mut n = worker;
             loop {
                 ticker.tick().await;
-                if stop.load(Ordering::SeqCst)
-                    || started.elapsed() > spec.max_duration
-                    || issued.fetch_add(1, Ordering::SeqCst) >= spec.max_requests
-                {
+                if shared.done(&spec) {
                     break;
                 }
                 let kind = pick(&spec.mix, n);
@@ -214,11 +310,14 @@ async fn run(
                     &workload,
                     kind,
                     n,
-                    started,
+                    shared.started,
                     &mut cookie,
-                    spec.sticky,
+                    &spec,
                 )
                 .await;
+                if outcome.first_ok() {
+                    shared.successes.fetch_add(1, Ordering::SeqCst);
+                }
                 outcomes.push(outcome);
             }
             outcomes
@@ -226,10 +325,10 @@ async fn run(
     });
     let mut all = Vec::new();
     for worker in futures::future::join_all(workers).await {
-        all.extend(worker.unwrap_or_default());
+        all.extend(worker.context("a load worker panicked")?);
     }
     all.sort_by_key(|o| o.started);
-    all
+    Ok(all)
 }
 
 fn pick(mix: &[u32; 3], n: usize) -> Kind {
@@ -253,15 +352,19 @@ async fn one_request(
     n: usize,
     run_started: Instant,
     cookie: &mut Option<String>,
-    sticky: bool,
+    spec: &LoadSpec,
 ) -> Outcome {
     let started = Instant::now();
     let key = (kind == Kind::Write).then(|| uuid::Uuid::new_v4().to_string());
-    // Writes are retried with the same key when no answer or a gateway error came back:
-    // the key makes the retry safe. Reads rely on the load balancer's own retry.
-    let max_attempts = if kind == Kind::Write { 5 } else { 1 };
+    // The key makes a write's retry safe; reads rely on the load balancer's own retry.
+    let max_attempts = if kind == Kind::Write && spec.retry_writes {
+        5
+    } else {
+        1
+    };
     let mut attempts = 0;
-    let (status, instance, error) = loop {
+    let mut first: Option<Answer> = None;
+    let last = loop {
         attempts += 1;
         let mut request = match kind {
             Kind::Read => client.get(format!("{base}/api/items/{}", workload.item_ids[n % workload.item_ids.len()])),
@@ -276,39 +379,37 @@ async fn one_request(
         request = request
             .bearer_auth(&workload.token)
             .timeout(Duration::from_secs(10));
-        if let (true, Some(c)) = (sticky, cookie.as_ref()) {
+        if let (true, Some(c)) = (spec.sticky, cookie.as_ref()) {
             request = request.header("Cookie", c.clone());
         }
-        match request.send().await {
+        let answer = match request.send().await {
             Ok(response) => {
-                if sticky {
-                    if let Some(set) = response
-                        .headers()
-                        .get("set-cookie")
-                        .and_then(|v| v.to_str().ok())
-                    {
-                        if let Some(pair) = set
-                            .split(';')
-                            .next()
-                            .filter(|p| p.starts_with("cartae_server="))
-                        {
-                            *cookie = Some(pair.to_owned());
-                        }
-                    }
+                if spec.sticky {
+                    remember_cookie(&response, cookie);
                 }
-                let status = response.status().as_u16();
-                let instance = response
-                    .headers()
-                    .get("x-instance-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let retryable = matches!(status, 502..=504);
-                if !retryable || attempts >= max_attempts {
-                    break (Some(status), instance, None);
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                Answer {
+                    status: Some(response.status().as_u16()),
+                    retry_after: header("retry-after").is_some(),
+                    instance: header("x-instance-id"),
+                    error: None,
                 }
             }
-            Err(e) if attempts >= max_attempts => break (None, None, Some(e.to_string())),
-            Err(_) => {}
+            Err(e) => Answer {
+                error: Some(e.to_string()),
+                ..Answer::default()
+            },
+        };
+        let again = answer.retryable() && attempts < max_attempts;
+        first.get_or_insert_with(|| answer.clone());
+        if !again {
+            break answer;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -316,11 +417,23 @@ async fn one_request(
         kind,
         started: started.duration_since(run_started),
         latency: started.elapsed(),
-        status,
+        first: first.unwrap_or_else(|| last.clone()),
+        last,
         attempts,
-        instance,
         idempotency_key: key,
-        error,
+    }
+}
+
+/// Keeps the balancer's sticky cookie, as a browser would.
+fn remember_cookie(response: &reqwest::Response, cookie: &mut Option<String>) {
+    let pair = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|set| set.split(';').next())
+        .filter(|p| p.starts_with("cartae_server="));
+    if let Some(pair) = pair {
+        *cookie = Some(pair.to_owned());
     }
 }
 

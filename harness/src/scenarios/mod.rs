@@ -1,0 +1,159 @@
+//! The drill: each scenario exercises one HA promise against the live cluster behind a
+//! real load balancer, measures it, and leaves the cluster as it found it (three ready
+//! replicas). One module per scenario; [`shared`] holds the counting and the watchers.
+//!
+//! Every row counts each request's first attempt. A scenario that tolerates failures says
+//! which ones and why in its failure budget, and the client retries a write only in the
+//! scenarios that kill replicas (the retry is then what a careful client does, and the
+//! row shows how many there were).
+
+mod crash;
+mod failed_rollout;
+mod outages;
+mod rolling;
+mod shared;
+mod steady;
+mod sticky;
+mod two_down;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::balancer::{Balancer, BalancerKind};
+use crate::cluster::{Cluster, Timings};
+use crate::load::{LoadRun, LoadSpec, Workload};
+use crate::proxy::Mode;
+use crate::report::Row;
+
+pub use shared::metric_sum;
+
+pub struct Drill {
+    pub cluster: Cluster,
+    pub balancer: Balancer,
+    pub client: reqwest::Client,
+    pub workload: Workload,
+    pub dir: PathBuf,
+}
+
+/// The scenarios, in the order the drill runs them.
+pub const SCENARIOS: [&str; 8] = [
+    "steady state",
+    "rolling update x3",
+    "crash (SIGKILL)",
+    "two replicas down",
+    "PostgreSQL outage 10 s",
+    "Redis outage 10 s",
+    "failed rollout",
+    "sticky sessions",
+];
+
+impl Drill {
+    /// Starts the cluster and the balancer, then prepares the workload through it.
+    pub async fn start(kind: BalancerKind, dir: &Path, timings: Timings) -> anyhow::Result<Self> {
+        let cluster = Cluster::start(timings, &dir.join("cluster")).await?;
+        let balancer = Balancer::start(kind, &cluster, &dir.join(kind.name())).await?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .build()?;
+        let workload = Workload::prepare(&client, &balancer.url(""))
+            .await
+            .context("prepare the workload")?;
+        Ok(Self {
+            cluster,
+            balancer,
+            client,
+            workload,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub async fn run(&self, scenario: &str) -> Row {
+        let result = match scenario {
+            "steady state" => steady::run(self).await,
+            "rolling update x3" => rolling::run(self).await,
+            "crash (SIGKILL)" => crash::run(self).await,
+            "two replicas down" => two_down::run(self).await,
+            "PostgreSQL outage 10 s" => outages::postgres(self).await,
+            "Redis outage 10 s" => outages::redis(self).await,
+            "failed rollout" => failed_rollout::run(self).await,
+            "sticky sessions" => sticky::run(self).await,
+            other => Err(anyhow::anyhow!("unknown scenario {other}")),
+        };
+        let mut row = result.unwrap_or_else(|e| {
+            let mut r = shared::row(scenario, self, &[]);
+            r.problems.push(format!("{e:#}"));
+            r
+        });
+        row.scenario = scenario.to_owned();
+        self.restore(&mut row.problems).await;
+        row
+    }
+
+    /// Leaves three ready, routed replicas behind, whatever happened. A scenario that
+    /// kills a replica restarts it itself, so one found missing here is that scenario's
+    /// problem: it is restarted so the next scenario can run, and recorded.
+    async fn restore(&self, problems: &mut Vec<String>) {
+        self.cluster.pg_proxy.set_mode(Mode::Forward);
+        self.cluster.redis_proxy.set_mode(Mode::Forward);
+        let identities = std::cell::RefCell::new(Vec::new());
+        crate::process::wait_until(Duration::from_secs(5), || {
+            let identities = &identities;
+            async move {
+                let now = self.cluster.identities(&self.client).await;
+                let all = now.iter().all(Result::is_ok);
+                *identities.borrow_mut() = now;
+                all
+            }
+        })
+        .await;
+        let missing: Vec<&str> = identities
+            .borrow()
+            .iter()
+            .zip(&self.cluster.instances)
+            .filter(|(id, _)| id.is_err())
+            .map(|(_, i)| i.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{missing:?} not running after the scenario: the drill restarted them"
+            ));
+            if let Err(e) = self.cluster.restart_missing().await {
+                problems.push(format!("could not restore the cluster: {e:#}"));
+            }
+        }
+        if !self
+            .cluster
+            .wait_all_ready(&self.client, Duration::from_secs(15))
+            .await
+        {
+            problems.push("not every replica ready after the scenario".to_owned());
+        }
+        if !self.all_routed(Duration::from_secs(15)).await {
+            problems.push("the balancer did not route to every replica afterwards".to_owned());
+        }
+    }
+
+    /// Writes the logs a person needs to see why a scenario failed.
+    pub fn keep_logs(&self) -> PathBuf {
+        let path = self.dir.join("replicas.log");
+        let _ = std::fs::write(&path, self.cluster.logs());
+        self.dir.clone()
+    }
+
+    fn load(&self, spec: LoadSpec) -> LoadRun {
+        LoadRun::start(
+            self.client.clone(),
+            self.balancer.url(""),
+            self.workload.clone(),
+            spec,
+        )
+    }
+
+    /// One load-balancer health-check round: interval plus timeout.
+    fn lb_round(&self) -> Duration {
+        let t = &self.cluster.timings;
+        t.lb_check_interval + t.lb_check_timeout
+    }
+}
