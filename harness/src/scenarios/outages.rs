@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::shared::{judge, row, same_processes, Window};
 use super::Drill;
+use crate::balancer::BalancerKind;
 use crate::load::LoadSpec;
 use crate::proxy::Mode;
 use crate::report::Row;
@@ -52,8 +53,16 @@ pub(super) async fn postgres(d: &Drill) -> anyhow::Result<Row> {
         &outcomes,
         "only 503 with Retry-After, only for requests in flight between the cut and the \
          moment the balancer routes to every replica again (the data is unreachable); \
-         none before the cut or after",
-        |o| window.overlaps(o) && o.first.status == Some(503) && o.first.retry_after,
+         none before the cut or after. Behind Traefik, its own 503 while no replica is \
+         ready (no X-Instance-Id) has no Retry-After: Traefik cannot add one without an \
+         extra error-page service",
+        |o| {
+            let balancer_own =
+                o.first.instance.is_none() && d.balancer.kind == BalancerKind::Traefik;
+            window.overlaps(o)
+                && o.first.status == Some(503)
+                && (o.first.retry_after || balancer_own)
+        },
     );
     let limit = d.two_intervals();
     match detection {
