@@ -252,26 +252,42 @@ impl TestApp {
     /// Call right after changing a dependency: waits for a published snapshot where `holds`,
     /// and asserts that no round begun after the change was seen without it. Measured in
     /// rounds, not milliseconds: a round in flight at the change may miss it, the next one
-    /// must not.
+    /// must not. For a recovery: one good round is enough.
     pub async fn within_a_round(&self, holds: impl Fn(&Snapshot, &Verdict) -> bool) {
+        self.within_rounds(1, holds).await;
+    }
+
+    /// As [`Self::within_a_round`], for a dependency that fails: a failure counts only once
+    /// it has lasted `HEALTH_CHECK_FAILURE_THRESHOLD` rounds, so that many rounds begun
+    /// after the change may pass before it shows, and no more.
+    pub async fn within_failure_threshold(&self, holds: impl Fn(&Snapshot, &Verdict) -> bool) {
+        let rounds = u64::from(self.state.settings.health.failure_threshold);
+        self.within_rounds(rounds, holds).await;
+    }
+
+    async fn within_rounds(&self, rounds: u64, holds: impl Fn(&Snapshot, &Verdict) -> bool) {
         let changed = Instant::now();
         let timeout = self.state.settings.health.check_timeout;
-        let mut missed: Option<(u64, Duration)> = None;
+        let mut missed: std::collections::BTreeMap<u64, Duration> = Default::default();
         let seen = cartae_harness::process::wait_until(ROUNDS_DEADLINE, || {
             let (snapshot, verdict) = self.state.verdict();
             let held = holds(&snapshot, &verdict);
             if !held {
                 let began = round_began(&snapshot, timeout);
                 if began > changed {
-                    missed.get_or_insert((snapshot.round, began - changed));
+                    missed.entry(snapshot.round).or_insert(began - changed);
                 }
             }
             std::future::ready(held)
         })
         .await;
         assert!(seen, "not seen in {ROUNDS_DEADLINE:?}");
-        if let Some((round, after)) = missed {
-            panic!("round {round} began {after:?} after the change, and did not see it");
+        if missed.len() as u64 >= rounds {
+            panic!(
+                "{} rounds began after the change without seeing it (allowed: {}): {missed:?}",
+                missed.len(),
+                rounds - 1
+            );
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The metrics port: the seed's names, bounded label sets, honest gauges.
 
+use std::time::Duration;
+
 use futures::stream::{self, StreamExt};
 
 use crate::helpers::{metric_value, series_count, spawn_app};
@@ -62,6 +64,14 @@ async fn ten_thousand_random_urls_create_no_new_series() {
     for path in ["/first-unknown", "/live", "/health"] {
         let _ = app.get(path).await;
     }
+    // The purge runs once start-up completes; its query series must exist before counting.
+    let purged = cartae_harness::process::wait_until(Duration::from_secs(10), || async {
+        app.metrics()
+            .await
+            .contains("query_type=\"revocation_purge\"")
+    })
+    .await;
+    assert!(purged, "the start-up purge never ran");
     let before = app.metrics().await;
     let statuses: Vec<u16> = stream::iter(0..10_000)
         .map(|i| {

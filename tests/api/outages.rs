@@ -13,7 +13,7 @@ async fn a_postgres_outage_unreadies_the_replica_and_recovery_needs_no_restart()
     app.wait_ready().await;
 
     app.pg_proxy().set_mode(Mode::Cut);
-    app.within_a_round(|_, v| !v.ready()).await;
+    app.within_failure_threshold(|_, v| !v.ready()).await;
     let (status, body) = app.get_json("/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -49,7 +49,7 @@ async fn a_redis_outage_degrades_but_keeps_the_replica_ready() {
     app.wait_ready().await;
 
     app.redis_proxy().set_mode(Mode::Cut);
-    app.within_a_round(|s, _| s.checks.redis.status == CheckStatus::Failed)
+    app.within_failure_threshold(|s, _| s.checks.redis.status == CheckStatus::Failed)
         .await;
     let (status, body) = app.get_json("/health").await;
     assert_eq!(body["checks"]["redis"]["status"], "failed", "{body}");
@@ -80,7 +80,7 @@ async fn ready_requires_restores_the_strict_rule_for_redis() {
     .await;
     app.wait_ready().await;
     app.redis_proxy().set_mode(Mode::Cut);
-    app.within_a_round(|_, v| !v.ready()).await;
+    app.within_failure_threshold(|_, v| !v.ready()).await;
     let (status, body) = app.get_json("/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(

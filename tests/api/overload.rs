@@ -65,7 +65,14 @@ fn is_retryable_503(answer: &Answer) -> bool {
 
 #[tokio::test]
 async fn readiness_holds_while_requests_hold_every_pooled_connection() {
-    let app = spawn_app_with(AppOptions::default().env("POSTGRES_POOL_MAX", "2")).await;
+    // Requests beyond the two connections wait for one all along (the default 1 s acquire
+    // timeout would answer them 503 while the test watches several rounds).
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("POSTGRES_POOL_MAX", "2")
+            .env("POSTGRES_ACQUIRE_TIMEOUT_MS", "20000"),
+    )
+    .await;
     app.wait_ready().await;
     let token = app.new_user().await;
     let mut locker = connect(&app).await;
