@@ -408,8 +408,20 @@ PY
   if ! grep -qi '^set-cookie: cartae_server=.*HttpOnly.*Secure.*SameSite=Lax' <<< "$headers"; then
     echo "no cartae_server sticky cookie in: $headers"; status=1
   fi
-  if grep -q " $p3" "$dir/body" 2>/dev/null; then
-    echo "request routed to the not-ready replica"; status=1
+  # Thirty more, without the cookie so that each is balanced afresh: none may reach the
+  # not-ready replica, and both ready ones must (else one request proves nothing).
+  local i seen=""
+  for i in $(seq 30); do
+    seen+="$(curl -fsS "http://127.0.0.1:$web/" 2>/dev/null || echo "request $i failed")"$'\n'
+  done
+  if grep -q " $p3" <<< "$seen"; then
+    echo "a request was routed to the not-ready replica"; status=1
+  fi
+  if ! grep -q " $p1" <<< "$seen" || ! grep -q " $p2" <<< "$seen"; then
+    echo "30 requests did not reach both ready replicas: $seen"; status=1
+  fi
+  if grep -q "failed" <<< "$seen"; then
+    echo "requests failed: $seen"; status=1
   fi
   if grep -E '"level":"error"|ERR ' "$dir/traefik.log"; then
     status=1
