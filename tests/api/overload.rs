@@ -57,6 +57,24 @@ async fn until_blocked(app: &TestApp, want: impl Fn(i64) -> bool) -> bool {
     false
 }
 
+type Stuck = tokio::task::JoinHandle<Vec<reqwest::Result<reqwest::Response>>>;
+
+/// Sends `n` list requests at once in the background: with `items` locked, each waits
+/// inside PostgreSQL (or for a connection, or in the admission queue).
+fn stuck_lists(app: &TestApp, token: &str, n: usize) -> Stuck {
+    let (client, url, token) = (app.client.clone(), app.url("/api/items"), token.to_owned());
+    tokio::spawn(async move {
+        join_all((0..n).map(|_| client.get(&url).bearer_auth(&token).send())).await
+    })
+}
+
+/// Once the lock is released, every stuck request is served.
+async fn all_served(stuck: Stuck) {
+    for response in stuck.await.expect("stuck requests") {
+        assert_eq!(response.expect("answered").status(), 200);
+    }
+}
+
 fn is_retryable_503(answer: &Answer) -> bool {
     answer.status == 503
         && answer.header("retry-after").is_some()
@@ -77,10 +95,7 @@ async fn readiness_holds_while_requests_hold_every_pooled_connection() {
     let token = app.new_user().await;
     let mut locker = connect(&app).await;
     let lock = lock_items(&mut locker).await;
-    let stuck = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/items"), token.clone());
-        async move { join_all((0..6).map(|_| client.get(&url).bearer_auth(&token).send())).await }
-    });
+    let stuck = stuck_lists(&app, &token, 6);
     let saturated = until_blocked(&app, |n| n >= 2).await;
     assert!(saturated, "requests never held both pooled connections");
 
@@ -99,9 +114,7 @@ async fn readiness_holds_while_requests_hold_every_pooled_connection() {
     assert_ne!(first["checkedAt"], health["checkedAt"]);
 
     lock.rollback().await.expect("release the lock");
-    for response in stuck.await.expect("stuck requests") {
-        assert_eq!(response.expect("answered").status(), 200);
-    }
+    all_served(stuck).await;
 }
 
 #[tokio::test]
@@ -118,10 +131,7 @@ async fn beyond_the_admission_limit_requests_get_an_immediate_retryable_503() {
     let mut locker = connect(&app).await;
     let lock = lock_items(&mut locker).await;
     // Two in flight (stuck on the lock), one queued behind them.
-    let stuck = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/items"), token.clone());
-        async move { join_all((0..3).map(|_| client.get(&url).bearer_auth(&token).send())).await }
-    });
+    let stuck = stuck_lists(&app, &token, 3);
     let full = until_blocked(&app, |n| n >= 2).await;
     assert!(full, "the first requests never reached PostgreSQL");
     let queued = wait_until(Duration::from_secs(10), || async {
@@ -143,9 +153,7 @@ async fn beyond_the_admission_limit_requests_get_an_immediate_retryable_503() {
     assert!(app.refused("queue_full").await >= 1.0);
 
     lock.rollback().await.expect("release the lock");
-    for response in stuck.await.expect("stuck requests") {
-        assert_eq!(response.expect("answered").status(), 200);
-    }
+    all_served(stuck).await;
     assert_eq!(app.list_items(&token, "").await.status, 200);
 }
 

@@ -162,30 +162,25 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .bind(depth - 1)
         .execute(&mut conn)
         .await?;
-        let anchor: serde_json::Value = bench
-            .client
-            .get(format!("{base}/api/items?limit=1&tag=bench-anchor"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let get_json = |path: String| {
+            let request = bench
+                .client
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token);
+            async move {
+                let page: serde_json::Value =
+                    request.send().await?.error_for_status()?.json().await?;
+                anyhow::Ok(page)
+            }
+        };
+        let anchor = get_json("/api/items?limit=1&tag=bench-anchor".to_owned()).await?;
         let Some(cursor) = anchor["nextCursor"].as_str().map(str::to_owned) else {
             bail!("no cursor after the anchor item: {anchor}");
         };
         let first_path = "/api/items?limit=50".to_owned();
         let deep_path = format!("/api/items?limit=50&cursor={cursor}");
         let search_path = "/api/search?q=quarterly".to_owned();
-        let deep: serde_json::Value = bench
-            .client
-            .get(format!("{base}{deep_path}"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let deep = get_json(deep_path.clone()).await?;
         if deep["items"].as_array().map(Vec::len) != Some(50) {
             bail!("the deep page did not answer 50 items: the cursor format changed? {deep}");
         }
