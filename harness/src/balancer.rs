@@ -62,7 +62,7 @@ pub fn traefik_dynamic(cluster: &Cluster) -> anyhow::Result<String> {
     let t = &cluster.timings;
     text = rewrite(
         &text,
-        "interval: 10s  # TIMING",
+        "interval: 1s  # TIMING",
         &format!("interval: {}  # TIMING", duration_text(t.lb_check_interval)),
         1,
     )?;

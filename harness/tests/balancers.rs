@@ -1,0 +1,220 @@
+//! The balancers cooperate with load shedding, behind real Traefik and real HAProxy with
+//! their shipped configurations: a replica that answers 503 because it is busy stays
+//! routed (the balancer's own server state stays up), and each shed request costs the
+//! cluster one attempt (no balancer retry multiplies an overload). That a crashed replica
+//! is still taken out at once is the drill's crash and sticky scenarios (`ha.rs`).
+//! Needs `cargo build --release` first, plus `traefik` and `haproxy` on the PATH.
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use cartae_harness::balancer::{Balancer, BalancerKind};
+use cartae_harness::cluster::{Cluster, Instance, Timings};
+use cartae_harness::process::wait_until;
+use cartae_harness::scenarios::metric_sum;
+
+/// Longer than Traefik's passive `failureWindow` (5 s): a balancer that counted the 503s
+/// would have ejected the busy replica well before the end.
+const SHED_FOR: Duration = Duration::from_secs(7);
+/// One request every 25 ms: 40 per second, under Traefik's shipped rate limit (100/s).
+const PACE: Duration = Duration::from_millis(25);
+
+/// The test machine has two cores: one cluster at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One `/api` request at a time per replica, no queue: a replica with one request held
+/// sheds every other one. The held request must not time out during the run.
+fn shed_beyond_one_request() {
+    static ENV: Once = Once::new();
+    // Set before any runtime exists; the replicas inherit it through rolling-update.sh.
+    ENV.call_once(|| {
+        std::env::set_var("MAX_IN_FLIGHT_REQUESTS", "1");
+        std::env::set_var("MAX_QUEUED_REQUESTS", "0");
+        std::env::set_var("REQUEST_TIMEOUT_MS", "60000");
+    });
+}
+
+/// A register whose body never completes: admitted, then waiting for its body, it holds
+/// the replica's only slot until the connection is dropped.
+async fn hold_the_only_slot(instance: &Instance) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", instance.port))
+        .await
+        .expect("connect to the replica");
+    stream
+        .write_all(
+            b"POST /api/auth/register HTTP/1.1\r\nHost: replica\r\n\
+              Content-Type: application/json\r\nContent-Length: 64\r\n\r\n{",
+        )
+        .await
+        .expect("send the head of a request");
+    stream
+}
+
+/// `/api/openapi.json`: behind admission control, but needs no token and no database.
+async fn get_api(client: &reqwest::Client, url: &str) -> Option<reqwest::Response> {
+    client
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()
+}
+
+/// Requests refused by a replica's admission control so far, from its own metrics.
+async fn shed_count(client: &reqwest::Client, instance: &Instance) -> f64 {
+    let text = client
+        .get(instance.metrics_url())
+        .send()
+        .await
+        .expect("replica metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let shed = text
+        .lines()
+        .filter(|l| l.contains("resource=\"requests\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    metric_sum(&shed, "overload_rejections_total")
+}
+
+/// One answer through the balancer.
+#[derive(Debug)]
+struct Answer {
+    at: Duration,
+    status: Option<u16>,
+    instance: Option<String>,
+    retry_after: bool,
+}
+
+async fn shedding_replica_stays_routed(kind: BalancerKind) {
+    let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
+        "balancers-{}-{}",
+        kind.name(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let cluster = Cluster::start(Timings::default(), &dir.join("cluster"))
+        .await
+        .expect("the cluster starts");
+    let balancer = Balancer::start(kind, &cluster, &dir.join(kind.name()))
+        .await
+        .expect("the balancer starts");
+    let client = reqwest::Client::new();
+    let busy = &cluster.instances[0];
+    let url = balancer.url("/api/openapi.json");
+
+    let held = hold_the_only_slot(busy).await;
+    let shedding = wait_until(Duration::from_secs(5), || async {
+        get_api(&client, &busy.url("/api/openapi.json"))
+            .await
+            .is_some_and(|r| r.status() == 503)
+    })
+    .await;
+    assert!(shedding, "{} never started to shed", busy.name);
+    let shed_before = shed_count(&client, busy).await;
+
+    let (mut answers, mut down_at) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < SHED_FOR {
+        let response = get_api(&client, &url).await;
+        let header = |r: &reqwest::Response, name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        answers.push(Answer {
+            at: start.elapsed(),
+            status: response.as_ref().map(|r| r.status().as_u16()),
+            instance: response.as_ref().and_then(|r| header(r, "x-instance-id")),
+            retry_after: response
+                .as_ref()
+                .is_some_and(|r| header(r, "retry-after").is_some()),
+        });
+        if balancer.server_up(&client, busy).await != Some(true) {
+            down_at.push(start.elapsed());
+        }
+        tokio::time::sleep(PACE).await;
+    }
+    let shed = shed_count(&client, busy).await - shed_before;
+    drop(held);
+
+    let from_busy = |a: &&Answer| a.instance.as_deref() == Some(busy.name.as_str());
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status != Some(200)).collect();
+    let unexpected: Vec<&&Answer> = refused
+        .iter()
+        .filter(|a| !(a.status == Some(503) && a.retry_after && from_busy(a)))
+        .collect();
+    let late = SHED_FOR - Duration::from_secs(1);
+    let shed_late = refused.iter().filter(|a| a.at > late).count();
+    let report = format!(
+        "behind {}: {} requests, {} refused by {} ({} in the last second), {shed} shed by its \
+         admission control; balancer had it down at {:?}; unexpected answers: {:?}",
+        kind.name(),
+        answers.len(),
+        refused.len(),
+        busy.name,
+        shed_late,
+        down_at.first(),
+        unexpected.iter().take(5).collect::<Vec<_>>()
+    );
+    println!("{report}");
+    assert!(down_at.is_empty(), "busy replica ejected: {report}");
+    assert!(unexpected.is_empty(), "{report}");
+    // Each shed request reached the busy replica once and its 503 went back to the
+    // client (with Retry-After): no balancer retry turned one request into several.
+    assert_eq!(shed as usize, refused.len(), "retried sheds: {report}");
+    // Still routed at the end, past the passive check's window, and about its third of the
+    // requests: round robin never skipped it.
+    assert!(
+        shed_late > 0,
+        "no longer routed to the busy replica: {report}"
+    );
+    assert!(
+        refused.len() * 4 >= answers.len(),
+        "the busy replica got less than a quarter of the requests: {report}"
+    );
+
+    let serves_again = wait_until(Duration::from_secs(5), || async {
+        get_api(&client, &url).await.is_some_and(|r| {
+            r.status() == 200
+                && r.headers()
+                    .get("x-instance-id")
+                    .and_then(|v| v.to_str().ok())
+                    == Some(busy.name.as_str())
+        })
+    })
+    .await;
+    assert!(
+        serves_again,
+        "{} did not serve again once released",
+        busy.name
+    );
+    drop(balancer);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn run(kind: BalancerKind) {
+    shed_beyond_one_request();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(shedding_replica_stays_routed(kind));
+}
+
+#[test]
+fn a_shedding_replica_stays_routed_behind_traefik() {
+    run(BalancerKind::Traefik);
+}
+
+#[test]
+fn a_shedding_replica_stays_routed_behind_haproxy() {
+    run(BalancerKind::Haproxy);
+}
