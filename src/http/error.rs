@@ -161,8 +161,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(error = ?self, "request failed");
+        match &self {
+            // A bug: the one kind of failure that must page someone.
+            ApiError::Database(_) | ApiError::Internal(_) => {
+                tracing::error!(error = ?self, "request failed");
+            }
+            // Retryable and expected during an outage or a failover: the cause matters,
+            // but one line per request at error level would flood the logs exactly then.
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "database unavailable"),
+            // Shedding: counted by overload_rejections_total; a log line per refusal
+            // would cost the overloaded replica the very CPU it is saving.
+            _ => {}
         }
         let mut response = (status, Json(self.body())).into_response();
         if status == StatusCode::UNAUTHORIZED {

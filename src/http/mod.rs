@@ -82,9 +82,10 @@ fn log_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
         // A probe: its 503s (starting, draining, a dependency down) are answers, not
         // failures, and an outage must not turn every balancer's probe into an error line.
         tracing::debug!(status, latency_ms = ms, "request served");
-    } else if status >= 500 {
+    } else if status >= 500 && status != 503 {
         tracing::error!(status, latency_ms = ms, "request failed");
     } else {
+        // 503 is retryable (shed, deadline, database away): an answer, logged as one.
         tracing::info!(status, latency_ms = ms, "request served");
     }
 }
