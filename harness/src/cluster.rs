@@ -36,8 +36,12 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Self {
-            check_interval: Duration::from_millis(500),
-            check_timeout: Duration::from_millis(300),
+            // The timeout stays well above the brownout's 300 ms per PostgreSQL round
+            // trip, as production's 2 s is, and the interval above the timeout: a slow
+            // database only degrades the check. (At 500/450 ms, a check cut off by its
+            // timeout left its answer to the next round, which then timed out in turn.)
+            check_interval: Duration::from_millis(1000),
+            check_timeout: Duration::from_millis(800),
             drain_delay: Duration::from_secs(3),
             lb_check_interval: Duration::from_secs(1),
             lb_check_timeout: Duration::from_millis(500),

@@ -2,7 +2,7 @@
 //! record of every request's outcome and latency.
 //!
 //! The mix is what replicas serve in production: item reads, item writes carrying an
-//! `Idempotency-Key`, and searches. Writes may be retried with the same key, as a careful
+//! `Idempotency-Key`, searches, and batch upserts by source. Writes may be retried with the same key, as a careful
 //! client does when a replica dies mid-request, but only when the scenario asks for it
 //! (`LoadSpec::retry_writes`); the first attempt's answer is always kept, so a failure
 //! hidden by a retry still counts.
@@ -19,6 +19,8 @@ pub enum Kind {
     Read,
     Write,
     Search,
+    Batch,
+    Login,
 }
 
 /// One attempt's answer.
@@ -36,6 +38,31 @@ pub struct Answer {
 impl Answer {
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// What a request's send gave.
+    pub fn of(response: &reqwest::Result<reqwest::Response>) -> Self {
+        match response {
+            Ok(response) => {
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                Self {
+                    status: Some(response.status().as_u16()),
+                    retry_after: header("retry-after").is_some(),
+                    instance: header("x-instance-id"),
+                    error: None,
+                }
+            }
+            Err(e) => Self {
+                error: Some(e.to_string()),
+                ..Self::default()
+            },
+        }
     }
 
     /// What a gateway or a dying replica gives: the answers a keyed retry is for.
@@ -60,6 +87,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A request sent once, started `started` after its run began.
+    pub fn once(kind: Kind, started: Duration, latency: Duration, answer: Answer) -> Self {
+        Self {
+            kind,
+            started,
+            latency,
+            first: answer.clone(),
+            last: answer,
+            attempts: 1,
+            idempotency_key: None,
+        }
+    }
+
     /// The first attempt succeeded: the drill's measure of a failure.
     pub fn first_ok(&self) -> bool {
         self.first.ok()
@@ -79,6 +119,8 @@ impl Outcome {
 /// What the workers act on: a user's token and some of its items.
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// `{email, password}` of the user.
+    pub credentials: Value,
     pub token: String,
     pub item_ids: Vec<String>,
     pub search_terms: Vec<String>,
@@ -120,6 +162,7 @@ impl Workload {
             item_ids.push(item["id"].as_str().context("item has no id")?.to_owned());
         }
         Ok(Self {
+            credentials,
             token,
             item_ids,
             search_terms: SEARCH_TERMS.iter().map(|s| s.to_string()).collect(),
@@ -155,8 +198,10 @@ pub struct LoadSpec {
     pub rate: f64,
     pub max_requests: usize,
     pub max_duration: Duration,
-    /// Out of 10: reads, writes, searches.
-    pub mix: [u32; 3],
+    /// Shares of reads, writes, searches and batches.
+    pub mix: [u32; 4],
+    /// What a batch upserts.
+    pub batches: Batches,
     /// Send the sticky cookie back (one client pinned to a replica), or not (fresh clients).
     pub sticky: bool,
     /// Retry a write with its key on no answer or a 502 to 504. Off unless a scenario
@@ -171,10 +216,42 @@ impl Default for LoadSpec {
             rate: 60.0,
             max_requests: 100_000,
             max_duration: Duration::from_secs(120),
-            mix: [6, 2, 2],
+            mix: [6, 2, 2, 0],
+            batches: Batches::Own { size: 100 },
             sticky: false,
             retry_writes: false,
         }
+    }
+}
+
+/// The sources a batch upserts (connector `drill-batch`).
+#[derive(Debug, Clone, Copy)]
+pub enum Batches {
+    /// The same `size` sources for every worker: ascending on even requests, descending on
+    /// odd ones, so that concurrent batches name the same rows in opposite orders.
+    Shared { size: usize },
+    /// `size` sources of the worker's own: no two workers touch the same row, and the
+    /// rows are updated again and again rather than piling up.
+    Own { size: usize },
+}
+
+impl Batches {
+    /// The JSON body of request `n` of worker `worker`.
+    fn body(self, worker: usize, n: usize) -> Value {
+        let source = |name: String| json!({"type": "note", "title": format!("batch {n}"), "tags": ["drill"], "source": {"connector": "drill-batch", "sourceId": name}});
+        let items: Vec<Value> = match self {
+            Batches::Shared { size } if n.is_multiple_of(2) => (0..size)
+                .map(|i| source(format!("shared-{i:05}")))
+                .collect(),
+            Batches::Shared { size } => (0..size)
+                .rev()
+                .map(|i| source(format!("shared-{i:05}")))
+                .collect(),
+            Batches::Own { size } => (0..size)
+                .map(|i| source(format!("worker-{worker}-{i:05}")))
+                .collect(),
+        };
+        json!({ "items": items })
     }
 }
 
@@ -331,16 +408,16 @@ async fn run(
     Ok(all)
 }
 
-fn pick(mix: &[u32; 3], n: usize) -> Kind {
+fn pick(mix: &[u32; 4], n: usize) -> Kind {
     let total: u32 = mix.iter().sum::<u32>().max(1);
-    let slot = (n as u32).wrapping_mul(7) % total;
-    if slot < mix[0] {
-        Kind::Read
-    } else if slot < mix[0] + mix[1] {
-        Kind::Write
-    } else {
-        Kind::Search
+    let mut slot = (n as u32).wrapping_mul(7) % total;
+    for (kind, share) in [Kind::Read, Kind::Write, Kind::Search].into_iter().zip(mix) {
+        if slot < *share {
+            return kind;
+        }
+        slot -= share;
     }
+    Kind::Batch
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -375,6 +452,12 @@ async fn one_request(
                 .post(format!("{base}/api/items"))
                 .header("Idempotency-Key", key.as_deref().unwrap_or_default())
                 .json(&json!({"type": "note", "title": format!("drill-{}", key.as_deref().unwrap_or_default()), "tags": ["drill"]})),
+            Kind::Batch => client
+                .post(format!("{base}/api/items/batch"))
+                .json(&spec.batches.body(n % spec.workers, n)),
+            Kind::Login => client
+                .post(format!("{base}/api/auth/login"))
+                .json(&workload.credentials),
         };
         request = request
             .bearer_auth(&workload.token)
@@ -382,30 +465,11 @@ async fn one_request(
         if let (true, Some(c)) = (spec.sticky, cookie.as_ref()) {
             request = request.header("Cookie", c.clone());
         }
-        let answer = match request.send().await {
-            Ok(response) => {
-                if spec.sticky {
-                    remember_cookie(&response, cookie);
-                }
-                let header = |name: &str| {
-                    response
-                        .headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                };
-                Answer {
-                    status: Some(response.status().as_u16()),
-                    retry_after: header("retry-after").is_some(),
-                    instance: header("x-instance-id"),
-                    error: None,
-                }
-            }
-            Err(e) => Answer {
-                error: Some(e.to_string()),
-                ..Answer::default()
-            },
-        };
+        let response = request.send().await;
+        if let (true, Ok(response)) = (spec.sticky, &response) {
+            remember_cookie(response, cookie);
+        }
+        let answer = Answer::of(&response);
         let again = answer.retryable() && attempts < max_attempts;
         first.get_or_insert_with(|| answer.clone());
         if !again {
@@ -439,14 +503,23 @@ fn remember_cookie(response: &reqwest::Response, cookie: &mut Option<String>) {
 
 /// Latency percentiles over outcomes, in milliseconds.
 pub fn percentiles(outcomes: &[Outcome]) -> (f64, f64, f64) {
-    let mut ms: Vec<f64> = outcomes
+    let ms: Vec<f64> = outcomes
         .iter()
         .map(|o| o.latency.as_secs_f64() * 1000.0)
         .collect();
-    if ms.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.50), at(0.95), at(0.99))
+    (
+        quantile(&ms, 0.50),
+        quantile(&ms, 0.95),
+        quantile(&ms, 0.99),
+    )
+}
+
+/// The `q` quantile of some milliseconds (0 when there are none).
+pub fn quantile(ms: &[f64], q: f64) -> f64 {
+    let mut sorted = ms.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }

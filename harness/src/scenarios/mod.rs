@@ -7,10 +7,14 @@
 //! scenarios that kill replicas (the retry is then what a careful client does, and the
 //! row shows how many there were).
 
+mod brownout;
 mod crash;
+mod deadlocks;
 mod failed_rollout;
+mod login_storm;
 mod outages;
 mod rolling;
+mod saturation;
 mod shared;
 mod steady;
 mod sticky;
@@ -38,7 +42,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 12] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -47,6 +51,10 @@ pub const SCENARIOS: [&str; 8] = [
     "Redis outage 10 s",
     "failed rollout",
     "sticky sessions",
+    "deadlock-prone batches",
+    "pool saturation",
+    "PostgreSQL brownout",
+    "login storm",
 ];
 
 impl Drill {
@@ -79,6 +87,10 @@ impl Drill {
             "Redis outage 10 s" => outages::redis(self).await,
             "failed rollout" => failed_rollout::run(self).await,
             "sticky sessions" => sticky::run(self).await,
+            "deadlock-prone batches" => deadlocks::run(self).await,
+            "pool saturation" => saturation::run(self).await,
+            "PostgreSQL brownout" => brownout::run(self).await,
+            "login storm" => login_storm::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),
         };
         let mut row = result.unwrap_or_else(|e| {
@@ -96,6 +108,7 @@ impl Drill {
     /// problem: it is restarted so the next scenario can run, and recorded.
     async fn restore(&self, problems: &mut Vec<String>) {
         self.cluster.pg_proxy.set_mode(Mode::Forward);
+        self.cluster.pg_proxy.set_latency(Duration::ZERO);
         self.cluster.redis_proxy.set_mode(Mode::Forward);
         let identities = std::cell::RefCell::new(Vec::new());
         crate::process::wait_until(Duration::from_secs(5), || {

@@ -20,7 +20,7 @@ const AFTER_RECOVERY: usize = 60;
 pub(super) async fn postgres(d: &Drill) -> anyhow::Result<Row> {
     let before = d.cluster.identities(&d.client).await;
     let load = d.load(LoadSpec {
-        mix: [5, 5, 0],
+        mix: [5, 5, 0, 0],
         ..LoadSpec::default()
     });
     d.until_successes(&load, AFTER_RECOVERY, Duration::from_secs(10))

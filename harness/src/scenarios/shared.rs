@@ -1,8 +1,9 @@
 //! What every scenario counts and watches with: rows built from first attempts, failure
 //! budgets, time windows, the readiness watcher, and the polls of replicas and balancer.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use sqlx::Row as _;
 
 use super::Drill;
 use crate::cluster::Identity;
-use crate::load::{percentiles, Kind, LoadRun, Outcome};
+use crate::load::{percentiles, quantile, Kind, LoadRun, Outcome};
 use crate::report::Row;
 
 pub(super) async fn scrape(client: &reqwest::Client, url: &str) -> String {
@@ -20,15 +21,43 @@ pub(super) async fn scrape(client: &reqwest::Client, url: &str) -> String {
     }
 }
 
-/// Sum of every sample of a metric family.
+/// Sum of every sample of a metric family; `name` may end with one label to match, as in
+/// `db_pool_size{state="active"}`.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
+    let (name, label) = match name.split_once('{') {
+        Some((family, label)) => (family, label.trim_end_matches('}')),
+        None => (name, ""),
+    };
     text.lines()
         .filter(|l| {
             l.starts_with(name)
                 && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+                && l.contains(label)
         })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// Runs `work`, and calls `sample` every `every` until it ends: to watch the cluster
+/// while a scenario does something to it.
+pub(super) async fn sampling<T, Fut: Future<Output = ()>>(
+    every: Duration,
+    work: impl Future<Output = T>,
+    mut sample: impl FnMut() -> Fut,
+) -> T {
+    let done = AtomicBool::new(false);
+    let work = async {
+        let output = work.await;
+        done.store(true, Ordering::SeqCst);
+        output
+    };
+    let watch = async {
+        while !done.load(Ordering::SeqCst) {
+            sample().await;
+            tokio::time::sleep(every).await;
+        }
+    };
+    tokio::join!(work, watch).0
 }
 
 /// A span of a load run, as offsets from its start.
@@ -166,10 +195,13 @@ pub(super) fn same_processes(
 }
 
 /// The readiness the watcher saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Readiness {
     pub fewest: usize,
     pub samples: usize,
+    /// How long each `/ready` probe took, in milliseconds (a probe that timed out counts
+    /// its timeout).
+    pub probe_ms: Vec<f64>,
 }
 
 impl Readiness {
@@ -184,6 +216,22 @@ impl Readiness {
                 all - 1
             ));
         }
+        self.check_sampled(elapsed, problems);
+    }
+
+    /// Under load: every replica stayed ready for the whole run, sampled at least once a
+    /// second.
+    pub fn check_all_in(&self, all: usize, elapsed: Duration, problems: &mut Vec<String>) {
+        if self.fewest != all {
+            problems.push(format!(
+                "a replica turned unready: fewest ready {} of {all} over {} samples",
+                self.fewest, self.samples
+            ));
+        }
+        self.check_sampled(elapsed, problems);
+    }
+
+    fn check_sampled(&self, elapsed: Duration, problems: &mut Vec<String>) {
         let wanted = elapsed.as_secs() as usize;
         if self.samples < wanted.max(1) {
             problems.push(format!(
@@ -192,13 +240,20 @@ impl Readiness {
             ));
         }
     }
+
+    /// The 99th percentile of the probes' latency, in milliseconds.
+    pub fn probe_p99(&self) -> f64 {
+        quantile(&self.probe_ms, 0.99)
+    }
 }
 
-/// Polls every replica's `/ready` in the background and remembers the fewest ready seen.
+/// Polls every replica's `/ready` in the background and remembers the fewest ready seen
+/// and each probe's latency.
 pub(super) struct ReadyWatcher {
     stop: Arc<AtomicBool>,
     min: Arc<AtomicUsize>,
     samples: Arc<AtomicUsize>,
+    probe_ms: Arc<Mutex<Vec<f64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -207,6 +262,7 @@ impl ReadyWatcher {
         let stop = Arc::new(AtomicBool::new(false));
         let min = Arc::new(AtomicUsize::new(usize::MAX));
         let samples = Arc::new(AtomicUsize::new(0));
+        let probe_ms = Arc::new(Mutex::new(Vec::new()));
         let urls: Vec<String> = drill
             .cluster
             .instances
@@ -217,18 +273,23 @@ impl ReadyWatcher {
         let timeout = drill.cluster.timings.lb_check_timeout;
         let client = drill.client.clone();
         let task = tokio::spawn({
-            let (stop, min, samples) = (stop.clone(), min.clone(), samples.clone());
+            let (stop, min, samples, probe_ms) =
+                (stop.clone(), min.clone(), samples.clone(), probe_ms.clone());
             async move {
                 while !stop.load(Ordering::SeqCst) {
                     let probes = urls.iter().map(|u| {
                         let request = client.get(u).timeout(timeout).send();
-                        async move { request.await.is_ok_and(|r| r.status() == 200) }
+                        async move {
+                            let started = Instant::now();
+                            let ready = request.await.is_ok_and(|r| r.status() == 200);
+                            (ready, started.elapsed().as_secs_f64() * 1000.0)
+                        }
                     });
-                    let ready = futures::future::join_all(probes)
-                        .await
-                        .into_iter()
-                        .filter(|r| *r)
-                        .count();
+                    let answers = futures::future::join_all(probes).await;
+                    let ready = answers.iter().filter(|(r, _)| *r).count();
+                    if let Ok(mut all) = probe_ms.lock() {
+                        all.extend(answers.iter().map(|(_, ms)| ms));
+                    }
                     min.fetch_min(ready, Ordering::SeqCst);
                     samples.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -239,6 +300,7 @@ impl ReadyWatcher {
             stop,
             min,
             samples,
+            probe_ms,
             task,
         }
     }
@@ -246,9 +308,11 @@ impl ReadyWatcher {
     pub async fn stop(self) -> anyhow::Result<Readiness> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.context("the readiness watcher panicked")?;
+        let probe_ms = self.probe_ms.lock().map(|v| v.clone()).unwrap_or_default();
         Ok(Readiness {
             fewest: self.min.load(Ordering::SeqCst),
             samples: self.samples.load(Ordering::SeqCst),
+            probe_ms,
         })
     }
 }
@@ -263,16 +327,19 @@ impl Drill {
     }
 
     pub(super) async fn all_routed(&self, within: Duration) -> bool {
-        crate::process::wait_until(within, || async {
-            let mut up = 0;
-            for i in &self.cluster.instances {
-                if self.balancer.server_up(&self.client, i).await == Some(true) {
-                    up += 1;
-                }
+        let all = self.cluster.instances.len();
+        crate::process::wait_until(within, || async { self.routed().await == all }).await
+    }
+
+    /// How many replicas the balancer routes to now, from its own metrics.
+    pub(super) async fn routed(&self) -> usize {
+        let mut up = 0;
+        for i in &self.cluster.instances {
+            if self.balancer.server_up(&self.client, i).await == Some(true) {
+                up += 1;
             }
-            up == self.cluster.instances.len()
-        })
-        .await
+        }
+        up
     }
 
     /// Time until the balancer's own metrics show `instance` as `up` (or down).

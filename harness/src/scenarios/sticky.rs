@@ -19,7 +19,7 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
     let load = d.load(LoadSpec {
         workers: 1,
         rate: 20.0,
-        mix: [10, 0, 0],
+        mix: [10, 0, 0, 0],
         sticky: true,
         ..LoadSpec::default()
     });
