@@ -21,7 +21,7 @@ pub struct Timings {
     pub check_interval: Duration,
     pub check_timeout: Duration,
     /// The service's `DRAIN_DELAY_MS`: longer than the load balancer's check interval
-    /// plus timeout, as in production (15 s against 10 s + 3 s).
+    /// plus timeout, as in production (15 s against HAProxy's 2 x 5 s + 3 s).
     pub drain_delay: Duration,
     /// The load balancer's active health check.
     pub lb_check_interval: Duration,
