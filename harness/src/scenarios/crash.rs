@@ -51,12 +51,7 @@ pub(super) async fn kill_under_load(
     d.until_successes(&load, PHASE, Duration::from_secs(10))
         .await;
     let outcomes = load.stop().await?;
-    let restarted = Instant::now();
-    d.cluster.restart_missing().await?;
-    let recovery = d
-        .all_routed(Duration::from_secs(15))
-        .await
-        .then(|| restarted.elapsed());
+    let recovery = d.restart_killed().await?;
     let mut r = row(name, d, &outcomes);
     r.detection = detection;
     r.recovery = recovery;

@@ -326,6 +326,17 @@ impl Drill {
         crate::process::wait_until(within, || async { load.successes() >= target }).await;
     }
 
+    /// Restarts the replicas the scenario killed; the time until the balancer routes
+    /// every replica again, or `None` past 15 s.
+    pub(super) async fn restart_killed(&self) -> anyhow::Result<Option<Duration>> {
+        let restarted = Instant::now();
+        self.cluster.restart_missing().await?;
+        Ok(self
+            .all_routed(Duration::from_secs(15))
+            .await
+            .then(|| restarted.elapsed()))
+    }
+
     pub(super) async fn all_routed(&self, within: Duration) -> bool {
         let all = self.cluster.instances.len();
         crate::process::wait_until(within, || async { self.routed().await == all }).await

@@ -43,11 +43,7 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
         .await;
     let outcomes = load.stop().await?;
     // The scenario killed it, so the scenario brings it back.
-    let restarted = Instant::now();
-    d.cluster.restart_missing().await?;
-    let recovery = d
-        .until_routed(index, true, restarted, Duration::from_secs(15))
-        .await;
+    let recovery = d.restart_killed().await?;
     let mut r = row("sticky sessions", d, &outcomes);
     r.detection = detection;
     r.recovery = recovery;
