@@ -80,6 +80,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub health: HealthSettings,
     pub lifecycle: LifecycleSettings,
+    pub migrations: MigrationSettings,
     pub auth: AuthSettings,
     pub cache: CacheSettings,
     /// How long an `Idempotency-Key` replays its first response; older keys are purged.
@@ -140,6 +141,18 @@ pub struct HealthSettings {
 pub struct LifecycleSettings {
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
+}
+
+/// How `serve` treats the schema (see docs/deployment.md, "Releases").
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// Apply the embedded migrations before becoming ready (a one-command start). Off
+    /// when the release runs `migrate` as its own step: the replica then only waits until
+    /// its migrations have been applied.
+    pub on_start: bool,
+    /// The longest a migration waits for another session's migration lock before the
+    /// process gives up with a non-zero exit.
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -568,6 +581,10 @@ impl Settings {
             lifecycle: LifecycleSettings {
                 drain_delay: millis(src, "DRAIN_DELAY_MS", 15_000, 0)?,
                 shutdown_timeout: millis(src, "SHUTDOWN_TIMEOUT_MS", 10_000, 0)?,
+            },
+            migrations: MigrationSettings {
+                on_start: parse_or(src, "MIGRATE_ON_START", true)?,
+                lock_timeout: millis(src, "MIGRATION_LOCK_TIMEOUT_MS", 120_000, 1)?,
             },
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),

@@ -53,9 +53,44 @@ impl Phase {
     }
 }
 
+/// What a starting replica is waiting for, when it is the schema: the reason its probes
+/// give beside `starting`, so that a replica stuck behind a long migration says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StartupStep {
+    /// Another session (a replica or the `migrate` step) holds the migration lock.
+    WaitingForMigrationLock = 1,
+    /// This replica holds the lock and applies the migrations.
+    Migrating = 2,
+    /// Migrations are the release's own step (`MIGRATE_ON_START=false`) and some of this
+    /// binary's have not been applied yet.
+    WaitingForMigrations = 3,
+}
+
+impl StartupStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartupStep::WaitingForMigrationLock => "waiting for migration lock",
+            StartupStep::Migrating => "migrating",
+            StartupStep::WaitingForMigrations => "waiting for migrations",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(StartupStep::WaitingForMigrationLock),
+            2 => Some(StartupStep::Migrating),
+            3 => Some(StartupStep::WaitingForMigrations),
+            _ => None,
+        }
+    }
+}
+
 /// Shared, lock-free view of the phase, plus the start time for `uptime`.
 pub struct Lifecycle {
     phase: AtomicU8,
+    /// A [`StartupStep`], or 0 for none.
+    step: AtomicU8,
     started_at: Instant,
     /// `lifecycle_phase{phase}` of this instance, one gauge per phase in [`Phase::ALL`]'s
     /// order. Handed in as plain gauges so that this bottom layer knows no metrics module.
@@ -70,6 +105,7 @@ impl Lifecycle {
             .collect();
         let lifecycle = Self {
             phase: AtomicU8::new(Phase::Starting as u8),
+            step: AtomicU8::new(0),
             started_at: Instant::now(),
             phase_gauges,
         };
@@ -94,6 +130,24 @@ impl Lifecycle {
             self.publish(to);
         }
         moved
+    }
+
+    /// What start-up waits for now; `None` once the schema is in place.
+    pub fn step(&self) -> Option<StartupStep> {
+        StartupStep::from_u8(self.step.load(Ordering::Acquire))
+    }
+
+    pub fn set_step(&self, step: Option<StartupStep>) {
+        self.step
+            .store(step.map_or(0, |s| s as u8), Ordering::Release);
+    }
+
+    /// The start-up step while starting, as a probe's reason.
+    pub fn starting_reason(&self) -> Option<&'static str> {
+        (self.phase() == Phase::Starting)
+            .then(|| self.step())
+            .flatten()
+            .map(StartupStep::as_str)
     }
 
     pub fn is_started(&self) -> bool {

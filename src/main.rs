@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cartae_database_api::config::{api_port_from_env, Settings};
 use cartae_database_api::db::Database;
-use cartae_database_api::lifecycle::install_signal_handlers;
+use cartae_database_api::lifecycle::{install_signal_handlers, StartupStep};
 use cartae_database_api::metrics::Metrics;
 use cartae_database_api::startup::{Application, Stopped};
 use cartae_database_api::{health, telemetry};
@@ -119,7 +119,14 @@ async fn serve(settings: Settings) -> ExitCode {
 async fn migrate(settings: Settings) -> ExitCode {
     let metrics = std::sync::Arc::new(Metrics::new(&settings.instance_id));
     let db = Database::connect_lazy(&settings.database, settings.health.check_timeout, metrics);
-    match db.migrate().await {
+    // Each step once, not once per poll of the lock.
+    let last = std::cell::Cell::new(None);
+    let report = |step: StartupStep| {
+        if last.replace(Some(step)) != Some(step) {
+            tracing::info!(step = step.as_str(), "migration step");
+        }
+    };
+    match db.migrate(settings.migrations.lock_timeout, report).await {
         Ok(()) => {
             tracing::info!("migrations applied");
             ExitCode::SUCCESS

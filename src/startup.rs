@@ -19,7 +19,7 @@ use crate::db::Database;
 use crate::health::Monitor;
 use crate::http::api::items::cursor;
 use crate::http::serve_metrics;
-use crate::lifecycle::{Lifecycle, Phase, StopSignal};
+use crate::lifecycle::{Lifecycle, Phase, StartupStep, StopSignal};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -133,10 +133,14 @@ impl Application {
         let metrics_shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(monitor.run(shutdown.clone()));
+        let (start_up_failed, mut failed) = tokio::sync::oneshot::channel();
         tasks.spawn({
             let (state, shutdown) = (state.clone(), shutdown.clone());
             async move {
-                start_up(state.clone(), shutdown.clone()).await;
+                if let Err(e) = start_up(state.clone(), shutdown.clone()).await {
+                    let _ = start_up_failed.send(e);
+                    return;
+                }
                 purge_periodically(state, shutdown).await;
             }
         });
@@ -155,24 +159,35 @@ impl Application {
             metrics_shutdown.clone().cancelled_owned(),
         ));
 
-        tokio::select! {
-            Some(signal) = signals.recv() => tracing::info!(?signal, "stop signal received"),
+        let start_up_error = tokio::select! {
+            Some(signal) = signals.recv() => {
+                tracing::info!(?signal, "stop signal received");
+                None
+            }
+            Ok(error) = &mut failed => Some(error),
             served = &mut api => {
                 served.context("API server task")?.context("API server")?;
                 anyhow::bail!("API server stopped on its own");
             }
-        }
+        };
 
         let lifecycle = &state.lifecycle;
         let settings = &state.settings.lifecycle;
+        // Read before draining: a replica that never became ready was never in any
+        // balancer's rotation, so there is nobody to wait for.
+        let was_ready = lifecycle.is_started();
         lifecycle.advance(Phase::Draining);
-        tracing::info!(
-            drain_ms = settings.drain_delay.as_millis() as u64,
-            "draining: probes answer 503, routes still serve"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(settings.drain_delay) => {}
-            Some(_) = signals.recv() => return Ok(forced()),
+        if was_ready {
+            tracing::info!(
+                drain_ms = settings.drain_delay.as_millis() as u64,
+                "draining: probes answer 503, routes still serve"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(settings.drain_delay) => {}
+                Some(_) = signals.recv() => return Ok(forced()),
+            }
+        } else {
+            tracing::info!("never ready, so never in rotation: stopping without a drain");
         }
 
         lifecycle.advance(Phase::Stopping);
@@ -200,7 +215,10 @@ impl Application {
         let _ = tokio::time::timeout(Duration::from_secs(5), state.db.close()).await;
         state.cache.close();
         tracing::info!("stopped");
-        Ok(Stopped::Gracefully)
+        match start_up_error {
+            Some(error) => Err(error),
+            None => Ok(Stopped::Gracefully),
+        }
     }
 }
 
@@ -234,29 +252,77 @@ async fn purge_periodically(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// Applies the migrations (retrying while PostgreSQL is unreachable), then waits for a
-/// fresh round of checks before declaring start-up complete.
-async fn start_up(state: AppState, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match state.db.migrate().await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "migrations not applied yet")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-    state.db.load_server_version().await;
+/// Puts the schema in place, then waits for a fresh round of checks before declaring
+/// start-up complete. Every step gives way to a shutdown: a replica that never became
+/// ready has nothing to finish. An error is fatal: the process must exit.
+async fn start_up(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let steps = async {
+        prepare_schema(&state).await?;
+        state.db.load_server_version().await;
+        state.health.refresh().await;
+        anyhow::Ok(())
+    };
     tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = state.health.refresh() => {}
+        _ = shutdown.cancelled() => return Ok(()),
+        done = steps => done?,
     }
     if state.lifecycle.advance(Phase::Ready) {
         tracing::info!("start-up complete");
+    }
+    Ok(())
+}
+
+/// Migrates (`MIGRATE_ON_START`) or waits for the release's migration step, retrying while
+/// PostgreSQL is unreachable; then logs, once, the migrations a newer release applied.
+async fn prepare_schema(state: &AppState) -> anyhow::Result<()> {
+    let settings = &state.settings.migrations;
+    let mut backoff = Backoff::default();
+    if settings.on_start {
+        let report = |step| state.lifecycle.set_step(Some(step));
+        while let Err(e) = state.db.migrate(settings.lock_timeout, report).await {
+            if !e.is_transient() {
+                // Display only: sqlx's message already includes its source.
+                anyhow::bail!("migrations failed: {e}");
+            }
+            tracing::warn!(error = %e, "migrations not applied yet");
+            backoff.wait().await;
+        }
+    }
+    let versions = loop {
+        match state.db.schema_versions().await {
+            Ok(versions) if versions.pending.is_empty() => break versions,
+            Ok(versions) => {
+                state
+                    .lifecycle
+                    .set_step(Some(StartupStep::WaitingForMigrations));
+                tracing::info!(pending = ?versions.pending, "waiting for the migration step");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the schema's migrations yet"),
+        }
+        backoff.wait().await;
+    };
+    state.lifecycle.set_step(None);
+    if !versions.unknown.is_empty() {
+        tracing::warn!(
+            unknown = ?versions.unknown,
+            "the schema has migrations this release does not know, from a newer release; ignoring them"
+        );
+    }
+    Ok(())
+}
+
+/// Exponential, from 250 ms up to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(250))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
 }

@@ -34,8 +34,14 @@ pub struct AppState {
 
 impl AppState {
     /// The latest snapshot and the verdict it gives in the current phase.
+    /// While starting, the start-up step (a migration, its lock) is one more reason.
     pub fn verdict(&self) -> (Arc<Snapshot>, Verdict) {
-        self.health
-            .verdict(self.lifecycle.phase(), &self.settings.health)
+        let (snapshot, mut verdict) = self
+            .health
+            .verdict(self.lifecycle.phase(), &self.settings.health);
+        if let Some(reason) = self.lifecycle.starting_reason() {
+            verdict.reasons.push(reason.to_owned());
+        }
+        (snapshot, verdict)
     }
 }

@@ -51,3 +51,38 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// Release N+1's migration, as the drill and the tests play it without a second build:
+/// an additive change (a nullable column the running release does not read) and the
+/// record sqlx writes for it, so that the schema is exactly what N+1's `migrate` leaves.
+pub const NEXT_RELEASE_VERSION: i64 = 20991231000001;
+const NEXT_RELEASE_SQL: &str = "ALTER TABLE items ADD COLUMN IF NOT EXISTS priority smallint";
+
+/// Applies [`NEXT_RELEASE_VERSION`] to an already migrated database, in one transaction as
+/// sqlx would; a second call changes nothing.
+pub async fn apply_next_release_migration(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    tx.execute(NEXT_RELEASE_SQL).await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, 'items priority', true, sha384($2::bytea), 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(NEXT_RELEASE_VERSION)
+    .bind(NEXT_RELEASE_SQL.as_bytes())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Advisory locks, held or awaited, in `database`: after any migration, failed or not,
+/// there must be none.
+pub async fn advisory_locks(conn: &mut PgConnection, database: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = $1",
+    )
+    .bind(database)
+    .fetch_one(conn)
+    .await?)
+}

@@ -175,14 +175,18 @@ fn age_ms(snapshot: &Snapshot) -> u64 {
 
 /// For a Kubernetes startupProbe: 200 once migrations are applied and the first round of
 /// checks is done, and from then on, so a later outage is left to the readiness probe.
+/// While starting, `reason` says what for when it is the schema (a migration, its lock).
 async fn startup(State(state): State<AppState>) -> Response {
     let started = state.lifecycle.is_started();
-    let body = json!({
+    let mut body = json!({
         "started": started,
         "instance": state.metrics.instance,
         "timestamp": now(),
         "phase": state.lifecycle.phase().as_str(),
     });
+    if let Some(reason) = state.lifecycle.starting_reason() {
+        body["reason"] = json!(reason);
+    }
     (status_code(started), Json(body)).into_response()
 }
 
