@@ -82,6 +82,9 @@ pub struct Cluster {
 /// an executable: the release binary, or a wrapper the drill writes for a bad version.
 const START_CMD: &str = r#"ports=($API_PORTS); mports=($METRICS_PORTS); i=$((INSTANCE_INDEX - 1)); PORT=${ports[$i]} METRICS_PORT=${mports[$i]} INSTANCE_ID=$INSTANCE exec "$VERSION" serve"#;
 
+/// The script's migration step: `$VERSION migrate`, before any replica is replaced.
+const MIGRATE_CMD: &str = r#"exec "$VERSION" migrate"#;
+
 /// The release binary: `CARTAE_BIN`, or `target/release/cartae-database-api`.
 pub fn release_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("CARTAE_BIN")
@@ -165,6 +168,7 @@ impl Cluster {
             .env("STATE_DIR", &self.state_dir)
             .env("BACKUP_DIR", self.state_dir.join("backup"))
             .env("PROCESS_START_CMD", START_CMD)
+            .env("PROCESS_MIGRATE_CMD", MIGRATE_CMD)
             .env("WAIT_MAX", t.rollout_wait_max.as_secs().max(1).to_string())
             .env("PAUSE", t.rollout_pause.as_secs().to_string())
             .env("POLL_INTERVAL", "1")
@@ -293,12 +297,14 @@ impl Cluster {
         Ok(path)
     }
 
-    /// A version that starts but never becomes ready: its database is unreachable, so its
-    /// migrations never run and `/ready` stays 503 (`starting`).
+    /// A version that starts but never becomes ready: its replicas' database is
+    /// unreachable, so they never finish starting and `/ready` stays 503 (`starting`). Its
+    /// migration step (nothing to apply) succeeds, so the script goes on to replace.
     pub fn broken_version(&self) -> anyhow::Result<PathBuf> {
         let path = self.state_dir.join("broken-version");
         let script = format!(
-            "#!/bin/sh\nDATABASE_URL=postgres://postgres@127.0.0.1:1/none?sslmode=disable exec '{}' \"$@\"\n",
+            "#!/bin/sh\n[ \"$1\" = migrate ] && exec '{0}' migrate\n\
+             DATABASE_URL=postgres://postgres@127.0.0.1:1/none?sslmode=disable exec '{0}' \"$@\"\n",
             self.binary.display()
         );
         std::fs::write(&path, script)?;

@@ -11,6 +11,17 @@ use cartae_harness::scenarios::{Drill, SCENARIOS};
 /// would oversubscribe a small CI machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `HA_SCENARIOS`, a comma list of parts of scenario names, runs only those (to work on
+/// a few without the whole drill); unset, every scenario runs.
+fn selected(scenario: &str) -> bool {
+    match std::env::var("HA_SCENARIOS") {
+        Ok(wanted) if !wanted.trim().is_empty() => {
+            wanted.split(',').any(|part| scenario.contains(part.trim()))
+        }
+        _ => true,
+    }
+}
+
 async fn drill(kind: BalancerKind) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
@@ -22,7 +33,7 @@ async fn drill(kind: BalancerKind) {
         .await
         .expect("the drill starts");
     let mut rows = Vec::new();
-    for scenario in SCENARIOS {
+    for scenario in SCENARIOS.into_iter().filter(|s| selected(s)) {
         rows.push(drill.run(scenario).await);
     }
     println!("{}", table(&rows));

@@ -15,6 +15,7 @@ mod login_storm;
 mod outages;
 mod rolling;
 mod saturation;
+mod schema;
 mod shared;
 mod steady;
 mod sticky;
@@ -42,7 +43,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 15] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -50,6 +51,9 @@ pub const SCENARIOS: [&str; 12] = [
     "PostgreSQL outage 10 s",
     "Redis outage 10 s",
     "failed rollout",
+    "schema: roll forward and back",
+    "schema: failed migration",
+    "schema: restart on a newer schema",
     "sticky sessions",
     "deadlock-prone batches",
     "pool saturation",
@@ -86,6 +90,9 @@ impl Drill {
             "PostgreSQL outage 10 s" => outages::postgres(self).await,
             "Redis outage 10 s" => outages::redis(self).await,
             "failed rollout" => failed_rollout::run(self).await,
+            "schema: roll forward and back" => schema::roll_forward_and_back(self).await,
+            "schema: failed migration" => schema::failed_migration(self).await,
+            "schema: restart on a newer schema" => schema::restart_on_newer_schema(self).await,
             "sticky sessions" => sticky::run(self).await,
             "deadlock-prone batches" => deadlocks::run(self).await,
             "pool saturation" => saturation::run(self).await,
