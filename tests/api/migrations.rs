@@ -12,6 +12,7 @@ use cartae_harness::database::{
 use cartae_harness::process::wait_until;
 use futures::future::join_all;
 use serde_json::{json, Value};
+use sqlx::migrate::Migrate;
 use sqlx::{Connection, Executor, Row};
 
 use crate::helpers::{base_env, pg_url, spawn_app_with, AppOptions, TestDatabase, PG_ADDR};
@@ -98,14 +99,21 @@ async fn with_a_migration_that_fails() -> TestDatabase {
     db
 }
 
-/// A session holding the migration lock, as a long migration elsewhere would.
+/// A session holding the migration lock, as a long migration elsewhere would. Taken by
+/// sqlx's own migrator locking, as a release before this one takes it: both must exclude
+/// each other.
 async fn hold_migration_lock(db: &TestDatabase) -> sqlx::PgConnection {
     let mut holder = db.connect().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(migration_lock_key(&db.name))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    holder.lock().await.unwrap();
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND ((classid::bigint << 32) | objid::bigint) = $1)",
+    )
+    .bind(migration_lock_key(&db.name))
+    .fetch_one(&mut holder)
+    .await
+    .unwrap();
+    assert!(held, "sqlx's lock is not the key this binary waits on");
     holder
 }
 
