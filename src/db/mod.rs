@@ -384,3 +384,27 @@ pub struct PoolStats {
     pub waiting: i64,
     pub max: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SchemaVersions;
+
+    #[test]
+    fn a_newer_schema_has_unknown_versions_and_an_older_one_pending_ones() {
+        let embedded = [1, 2];
+        assert_eq!(
+            SchemaVersions::compare(&[1, 2, 3], &embedded),
+            SchemaVersions {
+                pending: vec![],
+                unknown: vec![3]
+            }
+        );
+        assert_eq!(
+            SchemaVersions::compare(&[1], &embedded),
+            SchemaVersions {
+                pending: vec![2],
+                unknown: vec![]
+            }
+        );
+    }
+}
