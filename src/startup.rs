@@ -241,6 +241,9 @@ async fn start_up(state: AppState, shutdown: CancellationToken) {
     loop {
         match state.db.migrate().await {
             Ok(()) => break,
+            // A permanent connection error is logged at ERROR (and counted) by the pool;
+            // retrying stays useful, since the operator may fix the server meanwhile.
+            Err(sqlx::migrate::MigrateError::Execute(e)) if state.db.record_if_permanent(&e) => {}
             Err(e) => {
                 tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "migrations not applied yet")
             }

@@ -175,14 +175,20 @@ fn age_ms(snapshot: &Snapshot) -> u64 {
 
 /// For a Kubernetes startupProbe: 200 once migrations are applied and the first round of
 /// checks is done, and from then on, so a later outage is left to the readiness probe.
+///
+/// While starting, `reasons` says what start-up waits for, as `/ready` does: a dependency
+/// that refuses the connection for good (a certificate, a password) is named there.
 async fn startup(State(state): State<AppState>) -> Response {
     let started = state.lifecycle.is_started();
-    let body = json!({
+    let mut body = json!({
         "started": started,
         "instance": state.metrics.instance,
         "timestamp": now(),
         "phase": state.lifecycle.phase().as_str(),
     });
+    if !started {
+        body["reasons"] = json!(state.verdict().1.reasons);
+    }
     (status_code(started), Json(body)).into_response()
 }
 
