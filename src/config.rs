@@ -328,9 +328,8 @@ struct PgTls {
 /// last occurrence wins, as in sqlx's own parsing.
 fn url_tls(url: &str) -> Result<PgTls, ConfigError> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
-        ConfigError::new("DATABASE_URL", format!("unreadable query string: {e}"))
-    })?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ConfigError::new("DATABASE_URL", format!("unreadable query string: {e}")))?;
     let last = |names: &[&str]| {
         pairs
             .iter()
@@ -956,6 +955,116 @@ mod tests {
         assert_eq!(
             error_var(&[("PASSWORD_HASH_ITERATIONS", "0")]),
             "PASSWORD_HASH_ITERATIONS"
+        );
+    }
+
+    /// A CA made for the test, and a file that is not PEM, in a directory of their own.
+    fn pem_files() -> (cartae_harness::tls::ServerDir, String, String) {
+        let dir = cartae_harness::tls::ServerDir::new("config-test").unwrap();
+        let certificates = cartae_harness::tls::Certificates::generate(dir.path()).unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        (dir, path(&certificates.ca), path(&not_pem))
+    }
+
+    #[test]
+    fn postgres_tls_follows_libpq_and_refuses_what_would_not_work() {
+        let (_dir, ca, not_pem) = pem_files();
+        let url = |query: &str| format!("postgres://u@db/cartae?{query}");
+        let mode = |pairs: &[(&str, &str)]| {
+            Settings::from_source(&env(pairs))
+                .unwrap()
+                .database
+                .connect
+                .get_ssl_mode()
+        };
+        // A CA makes `require` verify the chain, as libpq does.
+        let require_with_ca = url(&format!("sslmode=require&sslrootcert={ca}"));
+        assert!(matches!(
+            mode(&[("DATABASE_URL", &require_with_ca)]),
+            PgSslMode::VerifyCa
+        ));
+        assert!(matches!(
+            mode(&[
+                ("POSTGRES_SSLMODE", "verify-full"),
+                ("POSTGRES_SSLROOTCERT", &ca)
+            ]),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(mode(&[]), PgSslMode::Prefer));
+
+        let bad_url = |query: String| error_var(&[("DATABASE_URL", &url(&query))]);
+        assert_eq!(bad_url("sslmode=allow".into()), "DATABASE_URL");
+        assert_eq!(bad_url("sslmode=maybe".into()), "DATABASE_URL");
+        assert_eq!(
+            bad_url(format!("sslmode=prefer&sslrootcert={ca}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url(format!("sslmode=require&sslrootcert={not_pem}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url("sslmode=require&sslrootcert=/nowhere".into()),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url(format!("sslmode=require&sslcert={ca}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            error_var(&[
+                ("POSTGRES_SSLMODE", "verify-ca"),
+                ("POSTGRES_SSLROOTCERT", &not_pem)
+            ]),
+            "POSTGRES_SSLROOTCERT"
+        );
+        assert_eq!(error_var(&[("POSTGRES_SSLMODE", "on")]), "POSTGRES_SSLMODE");
+        // The split variables beside a URL would be silently ignored: refused instead.
+        assert_eq!(
+            error_var(&[("DATABASE_URL", &url("")), ("POSTGRES_SSLMODE", "require")]),
+            "POSTGRES_SSLMODE"
+        );
+    }
+
+    #[test]
+    fn redis_tls_needs_rediss_and_readable_pem() {
+        let (_dir, ca, not_pem) = pem_files();
+        let tls_url = "rediss://cache:6380/0";
+        let s =
+            Settings::from_source(&env(&[("REDIS_URL", tls_url), ("REDIS_CA_CERT", &ca)])).unwrap();
+        assert!(s.redis.tls.certificates().is_some());
+        assert!(Settings::from_source(&env(&[("REDIS_URL", tls_url)]))
+            .unwrap()
+            .redis
+            .tls
+            .certificates()
+            .is_none());
+        assert_eq!(
+            error_var(&[("REDIS_URL", "redis://cache"), ("REDIS_CA_CERT", &ca)]),
+            "REDIS_CA_CERT"
+        );
+        assert_eq!(error_var(&[("REDIS_CA_CERT", &ca)]), "REDIS_CA_CERT");
+        assert_eq!(
+            error_var(&[("REDIS_URL", tls_url), ("REDIS_CA_CERT", &not_pem)]),
+            "REDIS_CA_CERT"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_URL", tls_url), ("REDIS_CLIENT_CERT", &ca)]),
+            "REDIS_CLIENT_KEY"
+        );
+        assert_eq!(
+            error_var(&[
+                ("REDIS_URL", tls_url),
+                ("REDIS_CLIENT_CERT", &ca),
+                ("REDIS_CLIENT_KEY", &ca)
+            ]),
+            "REDIS_CLIENT_KEY"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_URL", "rediss://cache:6380/#insecure")]),
+            "REDIS_URL"
         );
     }
 

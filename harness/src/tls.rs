@@ -64,10 +64,8 @@ pub struct ServerDir(PathBuf);
 
 impl ServerDir {
     pub fn new(what: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "cartae-{what}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("cartae-{what}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&path)?;
         Ok(Self(path))
     }
@@ -148,7 +146,15 @@ impl TlsPostgres {
         let data = dir.path().join("data");
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         let initdb = Command::new(bin.join("initdb"))
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .uid(uid)
             .gid(gid)
@@ -177,7 +183,14 @@ impl TlsPostgres {
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
-            .args(["-c", "ssl=on", "-c", "fsync=off", "-c", "max_connections=60"])
+            .args([
+                "-c",
+                "ssl=on",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=60",
+            ])
             .uid(uid)
             .gid(gid);
         let mut child =
@@ -241,7 +254,14 @@ impl TlsRedis {
             .arg(&certificates.server_key)
             .arg("--tls-ca-cert-file")
             .arg(&certificates.ca)
-            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path());
         let mut child = ManagedChild::spawn("tls-redis", command, dir.path().join("redis.log"))?;

@@ -78,15 +78,17 @@ async fn a_replica_serves_over_tls_to_both_dependencies() {
     let hits = metric_value(&app.metrics().await, "cache_hits_total", &[]);
     assert_eq!(app.get_item(&token, id).await.body["title"], "over TLS");
     let text = app.metrics().await;
-    assert!(metric_value(&text, "cache_hits_total", &[]) > hits, "not served from Redis");
+    assert!(
+        metric_value(&text, "cache_hits_total", &[]) > hits,
+        "not served from Redis"
+    );
     assert_eq!(metric_value(&text, "cache_errors_total", &[]), 0.0);
 
     // The server itself says the session is encrypted (pg_hba.conf would refuse it otherwise).
-    let ssl: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&app.state.db.pool)
-            .await
-            .unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&app.state.db.pool)
+        .await
+        .unwrap();
     assert!(ssl);
 }
 
@@ -106,8 +108,14 @@ async fn a_certificate_from_another_ca_is_refused_and_named() {
         })
         .await;
     let why = reasons(&body);
-    assert!(why.contains("database: PostgreSQL's TLS certificate does not verify"), "{why}");
-    assert!(why.contains("redis: Redis's TLS certificate does not verify"), "{why}");
+    assert!(
+        why.contains("database: PostgreSQL's TLS certificate does not verify"),
+        "{why}"
+    );
+    assert!(
+        why.contains("redis: Redis's TLS certificate does not verify"),
+        "{why}"
+    );
     assert!(why.contains("UnknownIssuer"), "the cause is kept: {why}");
     let (status, ready) = app.get_json("/ready").await;
     assert_eq!(status, 503);
@@ -137,7 +145,10 @@ async fn sslmode_disable_against_a_tls_only_server_says_so() {
         .await;
     let why = reasons(&body);
     assert!(why.contains("requires TLS (sslmode)"), "{why}");
-    assert!(why.contains("no encryption"), "the server's own words are kept: {why}");
+    assert!(
+        why.contains("no encryption"),
+        "the server's own words are kept: {why}"
+    );
     assert!(!why.contains("redis"), "Redis over TLS is fine: {why}");
     let text = app.metrics().await;
     assert!(
