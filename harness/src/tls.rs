@@ -5,16 +5,16 @@
 //! Each server lives in a directory of its own under the system's temporary directory,
 //! listens on loopback on a port chosen at run time, and is stopped by its PID on drop.
 
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::database::TestDatabase;
+use crate::process::{free_port, is_alive, send_signal, ManagedChild};
 use anyhow::{bail, Context};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use sqlx::{Connection, Executor, PgConnection};
-
-use crate::process::{free_port, is_alive, send_signal, ManagedChild};
 
 /// PEM files of one run: the CA that signed the servers' certificate, and another CA that
 /// did not (what a misconfigured replica is given).
@@ -203,26 +203,22 @@ impl TlsPostgres {
         Ok(Self { port, child, dir })
     }
 
-    /// A URL to `database` over TCP, with `params` (e.g. `sslmode=verify-full&...`).
-    pub fn url(&self, database: &str, params: &str) -> String {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A URL to `database` through the Unix socket, for the test's own checks.
+    fn socket_url(&self, database: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{database}?{params}",
+            "postgres://postgres@localhost/{database}?host={}&port={}",
+            self.dir.path().display(),
             self.port
         )
     }
 
-    /// Creates a database of its own for one test, through the Unix socket.
-    pub async fn create_database(&self) -> anyhow::Result<String> {
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let admin = format!(
-            "postgres://postgres@localhost/postgres?host={}&port={}",
-            self.dir.path().display(),
-            self.port
-        );
-        let mut conn = PgConnection::connect(&admin).await?;
-        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await?;
-        Ok(name)
+    /// A database of its own for one test, created (and later dropped) through the socket.
+    pub async fn create_database(&self) -> anyhow::Result<TestDatabase> {
+        TestDatabase::create_on(&self.socket_url("postgres"), |name| self.socket_url(name)).await
     }
 }
 
@@ -277,8 +273,8 @@ impl TlsRedis {
         })
     }
 
-    pub fn url(&self) -> String {
-        format!("rediss://127.0.0.1:{}/0", self.port)
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
@@ -286,4 +282,44 @@ impl Drop for TlsRedis {
     fn drop(&mut self) {
         stop(&self.child, "TERM");
     }
+}
+
+/// One run's CA, and a PostgreSQL and a Redis that present a certificate it signed.
+pub struct TlsServers {
+    pub certificates: Certificates,
+    pub postgres: TlsPostgres,
+    pub redis: TlsRedis,
+    _dir: ServerDir,
+}
+
+impl TlsServers {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = ServerDir::new("tls-certs")?;
+        let certificates = Certificates::generate(dir.path())?;
+        Ok(Self {
+            postgres: TlsPostgres::start(&certificates)?,
+            redis: TlsRedis::start(&certificates)?,
+            certificates,
+            _dir: dir,
+        })
+    }
+
+    /// The CA's path, or the unrelated CA's, as a replica's configuration names it.
+    pub fn ca(&self, signed_the_servers: bool) -> String {
+        let path = match signed_the_servers {
+            true => &self.certificates.ca,
+            false => &self.certificates.other_ca,
+        };
+        path.to_string_lossy().into_owned()
+    }
+}
+
+/// A URL to `database` over TCP at `addr` (the server, or a proxy in front of it), with
+/// `params` (e.g. `sslmode=verify-full&sslrootcert=...`).
+pub fn postgres_url(addr: SocketAddr, database: &str, params: &str) -> String {
+    format!("postgres://postgres@{addr}/{database}?{params}")
+}
+
+pub fn redis_url(addr: SocketAddr) -> String {
+    format!("rediss://{addr}/0")
 }
