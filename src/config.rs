@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,9 +118,47 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// Full connection URL; it may embed the password, hence a secret.
     pub url: Secret,
+    /// The CA and client certificate of a `rediss://` URL, read and checked at start.
+    pub tls: RedisTls,
     pub pool_max: usize,
     /// Upper bound for any single Redis call made on a request path.
     pub timeout: Duration,
+}
+
+/// PEM contents for Redis over TLS. Without a CA, the platform's roots verify the server.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca_cert: Option<Vec<u8>>,
+    /// A client certificate and its key, for servers that ask for one.
+    pub client: Option<(Vec<u8>, Secret)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_cert", &self.ca_cert.is_some())
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// What the redis crate needs beyond the URL; `None` when the defaults do.
+    pub fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca_cert.is_none() && self.client.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.expose().as_bytes().to_vec(),
+                }),
+            root_cert: self.ca_cert.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +319,131 @@ fn thresholds(
     Ok(Thresholds { degraded, critical })
 }
 
+/// A variable's value, trimmed; `None` when unset or blank.
+fn set(src: &dyn Source, var: &str) -> Option<String> {
+    src.get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// libpq's TLS parameters, from `DATABASE_URL`'s query or from the split variables.
+struct PgTls {
+    mode: Option<String>,
+    root_cert: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    /// The variables that set the mode and the CA, named in errors.
+    mode_var: &'static str,
+    root_cert_var: &'static str,
+}
+
+/// The TLS parameters of a PostgreSQL URL, under libpq's names and sqlx's aliases; the
+/// last occurrence wins, as in sqlx's own parsing.
+fn url_tls(url: &str) -> Result<PgTls, ConfigError> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ConfigError::new("DATABASE_URL", format!("unreadable query string: {e}")))?;
+    let last = |names: &[&str]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+    };
+    Ok(PgTls {
+        mode: last(&["sslmode", "ssl-mode"]),
+        root_cert: last(&["sslrootcert", "ssl-root-cert", "ssl-ca"]),
+        client_cert: last(&["sslcert", "ssl-cert"]),
+        client_key: last(&["sslkey", "ssl-key"]),
+        mode_var: "DATABASE_URL",
+        root_cert_var: "DATABASE_URL",
+    })
+}
+
+fn ssl_mode(value: &str, var: &'static str) -> Result<PgSslMode, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "disable" => Ok(PgSslMode::Disable),
+        "prefer" => Ok(PgSslMode::Prefer),
+        "require" => Ok(PgSslMode::Require),
+        "verify-ca" => Ok(PgSslMode::VerifyCa),
+        "verify-full" => Ok(PgSslMode::VerifyFull),
+        // sqlx would connect without TLS and never try it: refused rather than surprising.
+        "allow" => Err(ConfigError::new(var, "sslmode allow is not supported; use prefer")),
+        other => Err(ConfigError::new(
+            var,
+            format!("unknown sslmode {other:?}; expected disable, prefer, require, verify-ca or verify-full"),
+        )),
+    }
+}
+
+/// Applies libpq's TLS rules to `opts`. A CA makes `require` verify the chain, as libpq
+/// does; a CA with a mode that never verifies is refused, since the operator surely meant
+/// it to be used. Every file is read and checked now, not at the first connection.
+fn postgres_tls(opts: PgConnectOptions, tls: &PgTls) -> Result<PgConnectOptions, ConfigError> {
+    let mut mode = match &tls.mode {
+        Some(value) => ssl_mode(value, tls.mode_var)?,
+        None => opts.get_ssl_mode(),
+    };
+    let mut opts = opts;
+    if let Some(path) = &tls.root_cert {
+        if !matches!(
+            mode,
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        ) {
+            return Err(ConfigError::new(
+                tls.root_cert_var,
+                "a CA (sslrootcert) needs sslmode require, verify-ca or verify-full; with this sslmode it would never be checked",
+            ));
+        }
+        opts = opts.ssl_root_cert_from_pem(certificates_pem(tls.root_cert_var, path)?);
+        if matches!(mode, PgSslMode::Require) {
+            mode = PgSslMode::VerifyCa;
+        }
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            opts = opts
+                .ssl_client_cert_from_pem(certificates_pem(tls.mode_var, cert)?)
+                .ssl_client_key_from_pem(private_key_pem(tls.mode_var, key)?);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::new(
+                tls.mode_var,
+                "sslcert and sslkey must be given together",
+            ))
+        }
+    }
+    Ok(opts.ssl_mode(mode))
+}
+
+fn read_file(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new(var, format!("cannot read {path}: {e}")))
+}
+
+/// A PEM file holding at least one certificate.
+fn certificates_pem(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_file(var, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(var, format!("{path}: not a PEM certificate: {e}")))?;
+    if certificates.is_empty() {
+        return Err(ConfigError::new(
+            var,
+            format!("{path}: no PEM certificate in it"),
+        ));
+    }
+    Ok(pem)
+}
+
+/// A PEM file holding a private key.
+fn private_key_pem(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_file(var, path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| ConfigError::new(var, format!("{path}: no PEM private key: {e}")))?;
+    Ok(pem)
+}
+
 fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
     let connect = match src.get("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
         Some(url) => {
@@ -289,9 +454,18 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
                     "must start with postgres:// or postgresql://",
                 ));
             }
-            PgConnectOptions::from_str(url).map_err(|e| {
+            for var in ["POSTGRES_SSLMODE", "POSTGRES_SSLROOTCERT"] {
+                if set(src, var).is_some() {
+                    return Err(ConfigError::new(
+                        var,
+                        "applies only without DATABASE_URL; put sslmode or sslrootcert in DATABASE_URL's query instead",
+                    ));
+                }
+            }
+            let opts = PgConnectOptions::from_str(url).map_err(|e| {
                 ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}"))
-            })?
+            })?;
+            postgres_tls(opts, &url_tls(url)?)?
         }
         None => {
             let mut opts = PgConnectOptions::new_without_pgpass()
@@ -302,7 +476,15 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
             if let Some(password) = src.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
                 opts = opts.password(&password);
             }
-            opts
+            let tls = PgTls {
+                mode: set(src, "POSTGRES_SSLMODE"),
+                root_cert: set(src, "POSTGRES_SSLROOTCERT"),
+                client_cert: None,
+                client_key: None,
+                mode_var: "POSTGRES_SSLMODE",
+                root_cert_var: "POSTGRES_SSLROOTCERT",
+            };
+            postgres_tls(opts, &tls)?
         }
     }
     .application_name("cartae-database-api");
@@ -366,6 +548,69 @@ fn overload(
     })
 }
 
+/// `REDIS_CA_CERT`, `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY`, read and checked.
+fn redis_tls(src: &dyn Source) -> Result<RedisTls, ConfigError> {
+    let ca_cert = set(src, "REDIS_CA_CERT")
+        .map(|path| certificates_pem("REDIS_CA_CERT", &path))
+        .transpose()?;
+    let client = match (set(src, "REDIS_CLIENT_CERT"), set(src, "REDIS_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => {
+            let key = private_key_pem("REDIS_CLIENT_KEY", &key)?;
+            let key = String::from_utf8(key)
+                .map_err(|_| ConfigError::new("REDIS_CLIENT_KEY", "not a PEM text file"))?;
+            Some((
+                certificates_pem("REDIS_CLIENT_CERT", &cert)?,
+                Secret::new(key),
+            ))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "REDIS_CLIENT_KEY",
+                "must be set with REDIS_CLIENT_CERT",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "REDIS_CLIENT_CERT",
+                "must be set with REDIS_CLIENT_KEY",
+            ))
+        }
+    };
+    Ok(RedisTls { ca_cert, client })
+}
+
+/// Refuses TLS settings that the URL would silently ignore, and what rustls cannot do.
+fn check_redis_tls(url: &str, tls: &RedisTls, src: &dyn Source) -> Result<(), ConfigError> {
+    let parsed = redis::parse_redis_url(url);
+    let is_tls = parsed.as_ref().is_some_and(|u| u.scheme() == "rediss");
+    if !is_tls {
+        let given = ["REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"]
+            .into_iter()
+            .find(|var| set(src, var).is_some());
+        if let Some(var) = given {
+            return Err(ConfigError::new(
+                var,
+                "needs TLS: set REDIS_URL to a rediss:// URL",
+            ));
+        }
+        return Ok(());
+    }
+    if parsed.as_ref().and_then(|u| u.fragment()) == Some("insecure") {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            "#insecure (no certificate check) is not supported; give the server's CA in REDIS_CA_CERT",
+        ));
+    }
+    let client = match tls.certificates() {
+        Some(certificates) => redis::Client::build_with_tls(url, certificates),
+        None => redis::Client::open(url),
+    };
+    client
+        .map(|_| ())
+        .map_err(|e| ConfigError::new("REDIS_URL", format!("unusable with TLS: {e}")))
+}
+
 fn redis(src: &dyn Source) -> Result<RedisSettings, ConfigError> {
     let url = match src.get("REDIS_URL").filter(|v| !v.trim().is_empty()) {
         Some(url) => {
@@ -395,8 +640,11 @@ fn redis(src: &dyn Source) -> Result<RedisSettings, ConfigError> {
     if pool_max == 0 {
         return Err(ConfigError::new("REDIS_POOL_MAX", "must be at least 1"));
     }
+    let tls = redis_tls(src)?;
+    check_redis_tls(&url, &tls, src)?;
     Ok(RedisSettings {
         url: Secret::new(url),
+        tls,
         pool_max,
         timeout: millis(src, "REDIS_TIMEOUT_MS", 250, 1)?,
     })
@@ -724,6 +972,116 @@ mod tests {
         assert_eq!(
             error_var(&[("PASSWORD_HASH_ITERATIONS", "0")]),
             "PASSWORD_HASH_ITERATIONS"
+        );
+    }
+
+    /// A CA made for the test, and a file that is not PEM, in a directory of their own.
+    fn pem_files() -> (cartae_harness::tls::ServerDir, String, String) {
+        let dir = cartae_harness::tls::ServerDir::new("config-test").unwrap();
+        let certificates = cartae_harness::tls::Certificates::generate(dir.path()).unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        (dir, path(&certificates.ca), path(&not_pem))
+    }
+
+    #[test]
+    fn postgres_tls_follows_libpq_and_refuses_what_would_not_work() {
+        let (_dir, ca, not_pem) = pem_files();
+        let url = |query: &str| format!("postgres://u@db/cartae?{query}");
+        let mode = |pairs: &[(&str, &str)]| {
+            Settings::from_source(&env(pairs))
+                .unwrap()
+                .database
+                .connect
+                .get_ssl_mode()
+        };
+        // A CA makes `require` verify the chain, as libpq does.
+        let require_with_ca = url(&format!("sslmode=require&sslrootcert={ca}"));
+        assert!(matches!(
+            mode(&[("DATABASE_URL", &require_with_ca)]),
+            PgSslMode::VerifyCa
+        ));
+        assert!(matches!(
+            mode(&[
+                ("POSTGRES_SSLMODE", "verify-full"),
+                ("POSTGRES_SSLROOTCERT", &ca)
+            ]),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(mode(&[]), PgSslMode::Prefer));
+
+        let bad_url = |query: String| error_var(&[("DATABASE_URL", &url(&query))]);
+        assert_eq!(bad_url("sslmode=allow".into()), "DATABASE_URL");
+        assert_eq!(bad_url("sslmode=maybe".into()), "DATABASE_URL");
+        assert_eq!(
+            bad_url(format!("sslmode=prefer&sslrootcert={ca}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url(format!("sslmode=require&sslrootcert={not_pem}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url("sslmode=require&sslrootcert=/nowhere".into()),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            bad_url(format!("sslmode=require&sslcert={ca}")),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            error_var(&[
+                ("POSTGRES_SSLMODE", "verify-ca"),
+                ("POSTGRES_SSLROOTCERT", &not_pem)
+            ]),
+            "POSTGRES_SSLROOTCERT"
+        );
+        assert_eq!(error_var(&[("POSTGRES_SSLMODE", "on")]), "POSTGRES_SSLMODE");
+        // The split variables beside a URL would be silently ignored: refused instead.
+        assert_eq!(
+            error_var(&[("DATABASE_URL", &url("")), ("POSTGRES_SSLMODE", "require")]),
+            "POSTGRES_SSLMODE"
+        );
+    }
+
+    #[test]
+    fn redis_tls_needs_rediss_and_readable_pem() {
+        let (_dir, ca, not_pem) = pem_files();
+        let tls_url = "rediss://cache:6380/0";
+        let s =
+            Settings::from_source(&env(&[("REDIS_URL", tls_url), ("REDIS_CA_CERT", &ca)])).unwrap();
+        assert!(s.redis.tls.certificates().is_some());
+        assert!(Settings::from_source(&env(&[("REDIS_URL", tls_url)]))
+            .unwrap()
+            .redis
+            .tls
+            .certificates()
+            .is_none());
+        assert_eq!(
+            error_var(&[("REDIS_URL", "redis://cache"), ("REDIS_CA_CERT", &ca)]),
+            "REDIS_CA_CERT"
+        );
+        assert_eq!(error_var(&[("REDIS_CA_CERT", &ca)]), "REDIS_CA_CERT");
+        assert_eq!(
+            error_var(&[("REDIS_URL", tls_url), ("REDIS_CA_CERT", &not_pem)]),
+            "REDIS_CA_CERT"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_URL", tls_url), ("REDIS_CLIENT_CERT", &ca)]),
+            "REDIS_CLIENT_KEY"
+        );
+        assert_eq!(
+            error_var(&[
+                ("REDIS_URL", tls_url),
+                ("REDIS_CLIENT_CERT", &ca),
+                ("REDIS_CLIENT_KEY", &ca)
+            ]),
+            "REDIS_CLIENT_KEY"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_URL", "rediss://cache:6380/#insecure")]),
+            "REDIS_URL"
         );
     }
 

@@ -15,7 +15,7 @@ use crate::auth::password::Passwords;
 use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::db::Database;
+use crate::db::{Database, MigrationError};
 use crate::health::Monitor;
 use crate::http::api::items::cursor;
 use crate::http::serve_metrics;
@@ -284,7 +284,12 @@ async fn prepare_schema(state: &AppState) -> anyhow::Result<()> {
                 // Display only: sqlx's message already includes its source.
                 anyhow::bail!("migrations failed: {e}");
             }
-            tracing::warn!(error = %e, "migrations not applied yet");
+            // A permanent connection error (a certificate, a password) is logged at ERROR
+            // and counted; retrying stays useful, since the operator may fix the server.
+            if !matches!(&e, MigrationError::Unreachable(cause) if state.db.record_if_permanent(cause))
+            {
+                tracing::warn!(error = %e, "migrations not applied yet");
+            }
             backoff.wait().await;
         }
     }
@@ -297,6 +302,7 @@ async fn prepare_schema(state: &AppState) -> anyhow::Result<()> {
                     .set_step(Some(StartupStep::WaitingForMigrations));
                 tracing::info!(pending = ?versions.pending, "waiting for the migration step");
             }
+            Err(e) if state.db.record_if_permanent(&e) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the schema's migrations yet"),
         }
         backoff.wait().await;

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use crate::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
 use crate::process::{free_port, is_alive, send_signal};
 use crate::proxy::TcpProxy;
+use crate::tls::{postgres_url, redis_url, TlsServers};
 
 /// Production timings scaled down for a drill that runs in minutes.
 #[derive(Debug, Clone)]
@@ -76,6 +77,9 @@ pub struct Cluster {
     pub redis_proxy: TcpProxy,
     pub database: TestDatabase,
     pub key_prefix: String,
+    /// Private TLS-only servers the replicas use instead of the machine's, for a drill
+    /// over TLS; `None`: the machine's PostgreSQL and Redis, in plain text.
+    pub tls: Option<TlsServers>,
 }
 
 /// Starts each instance at `$VERSION` on the ports chosen for it. `$VERSION` is the path of
@@ -114,12 +118,33 @@ pub fn require_program(name: &str, install: &str) -> anyhow::Result<()> {
 impl Cluster {
     /// A fresh database, proxies to PostgreSQL and Redis, and three ready replicas.
     pub async fn start(timings: Timings, state_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(timings, state_dir, None).await
+    }
+
+    /// As [`Self::start`], with the replicas reaching `tls`'s servers over TLS (verified
+    /// against its CA) through the proxies, when given.
+    pub async fn start_with(
+        timings: Timings,
+        state_dir: &Path,
+        tls: Option<TlsServers>,
+    ) -> anyhow::Result<Self> {
         require_program("curl", "apt-get install curl")?;
         let binary = release_binary()?;
         std::fs::create_dir_all(state_dir)?;
-        let database = TestDatabase::create().await?;
-        let pg_proxy = TcpProxy::start(PG_ADDR.parse()?, false).await;
-        let redis_proxy = TcpProxy::start(REDIS_ADDR.parse()?, false).await;
+        let (database, pg_addr, redis_addr) = match &tls {
+            None => (
+                TestDatabase::create().await?,
+                PG_ADDR.parse()?,
+                REDIS_ADDR.parse()?,
+            ),
+            Some(servers) => (
+                servers.postgres.create_database().await?,
+                servers.postgres.addr(),
+                servers.redis.addr(),
+            ),
+        };
+        let pg_proxy = TcpProxy::start(pg_addr, false).await;
+        let redis_proxy = TcpProxy::start(redis_addr, false).await;
         let instances = (1..=3)
             .map(|i| Instance {
                 name: format!("api-{i}"),
@@ -136,6 +161,7 @@ impl Cluster {
             pg_proxy,
             redis_proxy,
             database,
+            tls,
         };
         let outcome = cluster
             .script(&["--bootstrap", &binary.to_string_lossy()])
@@ -174,11 +200,7 @@ impl Cluster {
             .env("POLL_INTERVAL", "1")
             .env("STOP_TIMEOUT", (t.drain_delay.as_secs() + 10).to_string())
             .env("HOST", "127.0.0.1")
-            .env(
-                "DATABASE_URL",
-                pg_url(&self.pg_proxy.addr.to_string(), &self.database.name),
-            )
-            .env("REDIS_URL", format!("redis://{}", self.redis_proxy.addr))
+            .envs(self.dependency_env())
             .env("CACHE_KEY_PREFIX", &self.key_prefix)
             .env("JWT_SECRET", "drill-secret-drill-secret-drill-secret-42")
             .env("HEALTH_CHECK_INTERVAL_MS", Self::ms(t.check_interval))
@@ -199,6 +221,30 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr)
             ),
         })
+    }
+
+    /// How the replicas reach PostgreSQL and Redis: through the proxies, over TLS verified
+    /// against the run's CA (the certificate names 127.0.0.1) when the cluster has servers.
+    fn dependency_env(&self) -> Vec<(&'static str, String)> {
+        let pg = self.pg_proxy.addr;
+        match &self.tls {
+            None => vec![
+                ("DATABASE_URL", pg_url(&pg.to_string(), &self.database.name)),
+                ("REDIS_URL", format!("redis://{}", self.redis_proxy.addr)),
+            ],
+            Some(servers) => {
+                let ca = servers.ca(true);
+                let params = format!("sslmode=verify-full&sslrootcert={ca}");
+                vec![
+                    (
+                        "DATABASE_URL",
+                        postgres_url(pg, &self.database.name, &params),
+                    ),
+                    ("REDIS_URL", redis_url(self.redis_proxy.addr)),
+                    ("REDIS_CA_CERT", ca),
+                ]
+            }
+        }
     }
 
     /// The PID the script recorded for an instance: only to clean up, never as evidence.

@@ -11,25 +11,40 @@ pub fn pg_url(addr: &str, database: &str) -> String {
 
 pub struct TestDatabase {
     pub name: String,
+    /// The server's maintenance database, to create and drop this one.
+    admin_url: String,
+    /// This database.
+    url: String,
 }
 
 impl TestDatabase {
+    /// A database of its own on the machine's PostgreSQL.
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_on(&pg_url(PG_ADDR, "postgres"), |name| pg_url(PG_ADDR, name)).await
+    }
+
+    /// A database of its own on the server that `admin_url` reaches; `url` gives the URL of
+    /// a database on that server from its name.
+    pub async fn create_on(admin_url: &str, url: impl Fn(&str) -> String) -> anyhow::Result<Self> {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&pg_url(PG_ADDR, "postgres")).await?;
+        let mut conn = PgConnection::connect(admin_url).await?;
         conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
             .await?;
-        Ok(Self { name })
+        Ok(Self {
+            url: url(&name),
+            name,
+            admin_url: admin_url.to_owned(),
+        })
     }
 
     pub async fn connect(&self) -> anyhow::Result<PgConnection> {
-        Ok(PgConnection::connect(&pg_url(PG_ADDR, &self.name)).await?)
+        Ok(PgConnection::connect(&self.url).await?)
     }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, admin_url) = (self.name.clone(), self.admin_url.clone());
         // Drop runs outside async context: a private runtime on a private thread.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -39,7 +54,7 @@ impl Drop for TestDatabase {
                 return;
             };
             rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&pg_url(PG_ADDR, "postgres")).await {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
                     let _ = conn
                         .execute(
                             format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),

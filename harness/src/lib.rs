@@ -9,6 +9,8 @@
 //!   with the shipped configuration, only the server addresses and timings rewritten.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
+//! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
+//!   only TLS.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
@@ -24,6 +26,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod scenarios;
+pub mod tls;
 
 use std::path::PathBuf;
 

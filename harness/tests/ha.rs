@@ -5,7 +5,8 @@
 use cartae_harness::balancer::BalancerKind;
 use cartae_harness::cluster::Timings;
 use cartae_harness::report::table;
-use cartae_harness::scenarios::{Drill, SCENARIOS};
+use cartae_harness::scenarios::{Drill, SCENARIOS, TLS_SCENARIOS};
+use cartae_harness::tls::TlsServers;
 
 /// The two drills run one after the other: each is timing-sensitive, and together they
 /// would oversubscribe a small CI machine.
@@ -23,17 +24,22 @@ fn selected(scenario: &str) -> bool {
 }
 
 async fn drill(kind: BalancerKind) {
+    drill_of(kind, None, &SCENARIOS).await;
+}
+
+async fn drill_of(kind: BalancerKind, tls: Option<TlsServers>, scenarios: &[&str]) {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let over = if tls.is_some() { "-tls" } else { "" };
     let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
-        "test-{}-{}",
+        "test-{}{over}-{}",
         kind.name(),
         uuid::Uuid::new_v4().simple()
     ));
-    let drill = Drill::start(kind, &dir, Timings::default())
+    let drill = Drill::start_with(kind, &dir, Timings::default(), tls)
         .await
         .expect("the drill starts");
     let mut rows = Vec::new();
-    for scenario in SCENARIOS.into_iter().filter(|s| selected(s)) {
+    for &scenario in scenarios.iter().filter(|s| selected(s)) {
         rows.push(drill.run(scenario).await);
     }
     println!("{}", table(&rows));
@@ -61,4 +67,12 @@ async fn every_ha_promise_holds_behind_traefik() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ha_promise_holds_behind_haproxy() {
     drill(BalancerKind::Haproxy).await;
+}
+
+/// The outages again, with both dependencies reached over TLS (verify-full, and `rediss://`
+/// with the run's CA) behind HAProxy: the pools' reconnect path, handshake included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_over_tls_behind_haproxy() {
+    let servers = TlsServers::start().expect("TLS servers start");
+    drill_of(BalancerKind::Haproxy, Some(servers), &TLS_SCENARIOS).await;
 }

@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::config::{CacheSettings, RedisSettings};
+use crate::error::Permanent;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,39 @@ pub enum CacheError {
     Pool(#[from] deadpool_redis::PoolError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// Where and how to connect: the URL, plus for `rediss://` the CA and client certificate
+/// that the URL cannot carry (deadpool's own `Config` would drop them).
+fn connection_info(settings: &RedisSettings) -> redis::RedisResult<redis::ConnectionInfo> {
+    let client = match settings.tls.certificates() {
+        Some(certificates) => redis::Client::build_with_tls(settings.url.expose(), certificates)?,
+        None => redis::Client::open(settings.url.expose())?,
+    };
+    Ok(client.get_connection_info().clone())
+}
+
+/// Whether a Redis error needs the configuration or the server changed before a retry can
+/// succeed, and what to check. `None`: transient (a timeout, a connection refused or cut).
+pub fn permanent(error: &CacheError) -> Option<Permanent> {
+    let redis = match error {
+        CacheError::Redis(e) | CacheError::Pool(deadpool_redis::PoolError::Backend(e)) => e,
+        _ => return None,
+    };
+    match redis.kind() {
+        redis::ErrorKind::AuthenticationFailed => Some(Permanent {
+            kind: "authentication",
+            hint: "Redis refused the password (REDIS_URL or REDIS_PASSWORD)",
+        }),
+        redis::ErrorKind::InvalidClientConfig => Some(Permanent {
+            kind: "configuration",
+            hint: "the Redis connection settings are unusable",
+        }),
+        _ if crate::error::is_tls_failure(redis) => Some(Permanent::tls(
+            "Redis's TLS certificate does not verify, or the server refused ours: check REDIS_CA_CERT (and REDIS_CLIENT_CERT), and that the port speaks TLS",
+        )),
+        _ => None,
+    }
 }
 
 #[derive(Clone)]
@@ -63,18 +97,19 @@ impl Cache {
         cache: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let mut config = Config::from_url(settings.url.expose());
         let timeouts = Timeouts {
             wait: Some(settings.timeout),
             create: Some(settings.timeout),
             recycle: Some(settings.timeout),
         };
-        config.pool = Some(PoolConfig {
-            max_size: settings.pool_max,
-            timeouts,
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1))?;
+        let pool = Pool::builder(Manager::new(connection_info(settings)?)?)
+            .config(PoolConfig {
+                max_size: settings.pool_max,
+                timeouts,
+                ..PoolConfig::default()
+            })
+            .runtime(Runtime::Tokio1)
+            .build()?;
         Ok(Self {
             pool,
             metrics,
@@ -160,8 +195,20 @@ impl Cache {
             .await;
         if let Err(e) = &result {
             self.mark_suspect(e);
+            if let Some(permanent) = permanent(e) {
+                self.metrics.record_permanent("redis", &permanent);
+                tracing::error!(kind = permanent.kind, error = %permanent.describe(e), "Redis connection refused: retrying will not help until this is fixed");
+            }
         }
         result
+    }
+
+    /// The error, prefixed with what it means when it is permanent.
+    pub fn describe(error: &CacheError) -> String {
+        match permanent(error) {
+            Some(p) => p.describe(error),
+            None => error.to_string(),
+        }
     }
 
     pub fn status(&self) -> deadpool_redis::Status {

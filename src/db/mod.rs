@@ -20,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
+use crate::error::Permanent;
 use crate::lifecycle::StartupStep;
 use crate::metrics::Metrics;
 
@@ -244,16 +245,31 @@ impl Database {
 
     /// The health check's round trip: one `SELECT 1` on the check's own connection.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.timed("health_check", async {
-            let mut conn = self.health_pool.acquire().await?;
-            let result = sqlx::query("SELECT 1").execute(&mut *conn).await;
-            if result.is_err() {
-                // Possibly broken: never hand it to the next round.
-                let _ = conn.close().await;
-            }
-            result.map(|_| ())
-        })
-        .await
+        let result = self
+            .timed("health_check", async {
+                let mut conn = self.health_pool.acquire().await?;
+                let result = sqlx::query("SELECT 1").execute(&mut *conn).await;
+                if result.is_err() {
+                    // Possibly broken: never hand it to the next round.
+                    let _ = conn.close().await;
+                }
+                result.map(|_| ())
+            })
+            .await;
+        if let Err(e) = &result {
+            self.record_if_permanent(e);
+        }
+        result
+    }
+
+    /// Logs a permanent connection error at ERROR and counts it; returns whether it was.
+    pub fn record_if_permanent(&self, error: &sqlx::Error) -> bool {
+        let Some(permanent) = permanent(error) else {
+            return false;
+        };
+        self.metrics.record_permanent("database", &permanent);
+        tracing::error!(kind = permanent.kind, error = %permanent.describe(error), "PostgreSQL connection refused: retrying will not help until this is fixed");
+        true
     }
 
     /// Applies the embedded migrations on a connection of its own, never pooled, and closed
@@ -373,6 +389,50 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
                 )
         }),
         _ => false,
+    }
+}
+
+/// Whether a connection error needs the configuration or the server changed before a
+/// retry can succeed, and what to check. `None`: transient, or not a connection error.
+pub fn permanent(error: &sqlx::Error) -> Option<Permanent> {
+    const CA: &str = "PostgreSQL's TLS certificate does not verify: check the CA (sslrootcert or POSTGRES_SSLROOTCERT) and, with verify-full, the host name";
+    match error {
+        // Only ever raised when TLS is required and the server answers that it has none.
+        sqlx::Error::Tls(e) if e.to_string().contains("does not support TLS") => Some(Permanent {
+            kind: "tls_unavailable",
+            hint: "PostgreSQL refused TLS, which sslmode requires: enable ssl on the server, or lower sslmode",
+        }),
+        sqlx::Error::Tls(_) => Some(Permanent::tls(CA)),
+        sqlx::Error::Io(e) if crate::error::is_tls_failure(e) => Some(Permanent::tls(CA)),
+        sqlx::Error::Configuration(_) => Some(Permanent {
+            kind: "configuration",
+            hint: "the PostgreSQL connection settings are unusable",
+        }),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01") => Some(Permanent {
+                kind: "authentication",
+                hint: "PostgreSQL refused the password",
+            }),
+            // pg_hba.conf has no line for this host, user, database and encryption.
+            Some("28000") => Some(Permanent {
+                kind: "access_denied",
+                hint: "PostgreSQL refused the connection (pg_hba.conf): check the user, and whether the server requires TLS (sslmode)",
+            }),
+            Some("3D000") => Some(Permanent {
+                kind: "unknown_database",
+                hint: "the PostgreSQL database does not exist",
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The error, prefixed with what it means when it is permanent.
+pub fn describe(error: &sqlx::Error) -> String {
+    match permanent(error) {
+        Some(p) => p.describe(error),
+        None => error.to_string(),
     }
 }
 

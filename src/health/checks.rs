@@ -67,12 +67,14 @@ async fn dependency<E: std::fmt::Display>(
 /// One `SELECT 1` on the check's own connection: no connection is opened per check, and
 /// requests holding every pooled connection cannot make the check wait.
 pub async fn database(db: &Database, timeout: Duration, thresholds: Thresholds) -> DependencyCheck {
-    dependency(timeout, thresholds, db.ping()).await
+    let ping = async { db.ping().await.map_err(|e| crate::db::describe(&e)) };
+    dependency(timeout, thresholds, ping).await
 }
 
 /// One `PING` on the service's own Redis pool.
 pub async fn redis(cache: &Cache, timeout: Duration, thresholds: Thresholds) -> DependencyCheck {
-    dependency(timeout, thresholds, cache.ping(timeout)).await
+    let ping = async { cache.ping(timeout).await.map_err(|e| Cache::describe(&e)) };
+    dependency(timeout, thresholds, ping).await
 }
 
 /// Reads process and host facts. Owned by the monitor task, so it needs no lock.

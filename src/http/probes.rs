@@ -175,7 +175,10 @@ fn age_ms(snapshot: &Snapshot) -> u64 {
 
 /// For a Kubernetes startupProbe: 200 once migrations are applied and the first round of
 /// checks is done, and from then on, so a later outage is left to the readiness probe.
-/// While starting, `reason` says what for when it is the schema (a migration, its lock).
+///
+/// While starting, `reasons` says what start-up waits for, as `/ready` does: the schema (a
+/// migration, its lock), or a dependency that refuses the connection for good (a
+/// certificate, a password).
 async fn startup(State(state): State<AppState>) -> Response {
     let started = state.lifecycle.is_started();
     let mut body = json!({
@@ -184,8 +187,8 @@ async fn startup(State(state): State<AppState>) -> Response {
         "timestamp": now(),
         "phase": state.lifecycle.phase().as_str(),
     });
-    if let Some(reason) = state.lifecycle.starting_reason() {
-        body["reason"] = json!(reason);
+    if !started {
+        body["reasons"] = json!(state.verdict().1.reasons);
     }
     (status_code(started), Json(body)).into_response()
 }

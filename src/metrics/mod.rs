@@ -13,6 +13,8 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::Permanent;
+
 const REQUEST_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0];
 const CHECK_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0];
 /// Database and Redis calls are mostly sub-millisecond; the seed's buckets start at 10 ms,
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub lifecycle_phase: IntGaugeVec,
     /// Work refused by admission control or a bulkhead, by resource and reason.
     pub overload_rejections: IntCounterVec,
+    /// Connection errors that need a fix, not a retry, by dependency and kind.
+    pub permanent_errors: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -203,6 +207,13 @@ impl Metrics {
             ),
             &["instance", "resource", "reason"]
         ));
+        let permanent_errors = register!(IntCounterVec::new(
+            opts(
+                "dependency_permanent_errors_total",
+                "Connection errors that retrying will not fix (certificate, TLS refused, password, unknown database), by dependency and kind"
+            ),
+            &["instance", "dependency", "kind"]
+        ));
         #[cfg(target_os = "linux")]
         reg(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -231,6 +242,12 @@ impl Metrics {
             overload_rejections.with_label_values(&[instance, resource, reason]);
         }
 
+        for dependency in ["database", "redis"] {
+            for kind in Permanent::KINDS {
+                permanent_errors.with_label_values(&[instance, dependency, kind]);
+            }
+        }
+
         Self {
             registry,
             instance: instance.to_owned(),
@@ -254,6 +271,7 @@ impl Metrics {
             cache_bypasses,
             lifecycle_phase,
             overload_rejections,
+            permanent_errors,
         }
     }
 
@@ -261,6 +279,13 @@ impl Metrics {
     pub fn record_rejection(&self, resource: &str, reason: &str) {
         self.overload_rejections
             .with_label_values(&[self.instance.as_str(), resource, reason])
+            .inc();
+    }
+
+    /// Counts one connection error that retrying will not fix.
+    pub fn record_permanent(&self, dependency: &str, permanent: &Permanent) {
+        self.permanent_errors
+            .with_label_values(&[self.instance.as_str(), dependency, permanent.kind])
             .inc();
     }
 

@@ -22,4 +22,5 @@ mod pagination;
 mod probes;
 mod retention;
 mod search;
+mod tls;
 mod upserts;

@@ -61,10 +61,25 @@ pub const SCENARIOS: [&str; 15] = [
     "login storm",
 ];
 
+/// The drill over TLS: the outages cut and restore TLS connections, so the pools must
+/// reconnect with a full handshake. Enough to prove the reconnect path; the other
+/// scenarios do not depend on how the dependencies are reached.
+pub const TLS_SCENARIOS: [&str; 2] = ["PostgreSQL outage 10 s", "Redis outage 10 s"];
+
 impl Drill {
     /// Starts the cluster and the balancer, then prepares the workload through it.
     pub async fn start(kind: BalancerKind, dir: &Path, timings: Timings) -> anyhow::Result<Self> {
-        let cluster = Cluster::start(timings, &dir.join("cluster")).await?;
+        Self::start_with(kind, dir, timings, None).await
+    }
+
+    /// As [`Self::start`], the replicas reaching `tls`'s servers over TLS when given.
+    pub async fn start_with(
+        kind: BalancerKind,
+        dir: &Path,
+        timings: Timings,
+        tls: Option<crate::tls::TlsServers>,
+    ) -> anyhow::Result<Self> {
+        let cluster = Cluster::start_with(timings, &dir.join("cluster"), tls).await?;
         let balancer = Balancer::start(kind, &cluster, &dir.join(kind.name())).await?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(32)
