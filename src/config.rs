@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+mod secrets;
+
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {var}: {problem}")]
@@ -144,7 +146,11 @@ pub struct LifecycleSettings {
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
+    /// Signs new tokens and cursors, and verifies them.
     pub jwt_secret: Secret,
+    /// During a key rotation, the secret being replaced: it still verifies what it signed
+    /// (tokens, cursors) and signs nothing.
+    pub jwt_secret_previous: Option<Secret>,
     pub jwt_expires_in: Duration,
     pub password: PasswordSettings,
 }
@@ -494,11 +500,12 @@ impl Settings {
             ));
         }
 
-        let jwt_secret = src.get("JWT_SECRET").unwrap_or_default();
-        if jwt_secret.len() < 32 {
+        let jwt_secret = signing_secret(src, "JWT_SECRET")?.unwrap_or_default();
+        let jwt_secret_previous = signing_secret(src, "JWT_SECRET_PREVIOUS")?;
+        if jwt_secret_previous.as_deref() == Some(jwt_secret.as_str()) {
             return Err(ConfigError::new(
-                "JWT_SECRET",
-                "must be set to at least 32 characters (try: openssl rand -base64 48)",
+                "JWT_SECRET_PREVIOUS",
+                "equals JWT_SECRET: set it only while rotating, to the secret being replaced",
             ));
         }
         let jwt_expires_in: u64 = parse_or(src, "JWT_EXPIRES_IN", 3600)?;
@@ -571,6 +578,7 @@ impl Settings {
             },
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),
+                jwt_secret_previous: jwt_secret_previous.map(Secret::new),
                 jwt_expires_in: Duration::from_secs(jwt_expires_in),
                 password,
             },
@@ -580,6 +588,22 @@ impl Settings {
                 query_ttl: millis(src, "CACHE_QUERY_TTL_MS", 30_000, 1)?,
             },
         })
+    }
+}
+
+/// A token-signing secret: absent (`None`, an error for `JWT_SECRET`), or strong enough.
+fn signing_secret(src: &dyn Source, var: &'static str) -> Result<Option<String>, ConfigError> {
+    let value = src.get(var).filter(|v| !v.is_empty());
+    match (&value, var) {
+        (None, "JWT_SECRET") => Err(ConfigError::new(
+            var,
+            "must be set (generate one with: openssl rand -base64 48)",
+        )),
+        (Some(secret), _) => match secrets::weakness(secret) {
+            Some(why) => Err(ConfigError::new(var, why)),
+            None => Ok(value),
+        },
+        (None, _) => Ok(None),
     }
 }
 
@@ -605,7 +629,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut map: HashMap<String, String> = [("JWT_SECRET", "0123456789abcdef0123456789abcdef")]
+        let mut map: HashMap<String, String> = [("JWT_SECRET", "5Hq0Lw9Zc2Rk7Vt4Xy1Bn8Md3Fg6Js0P")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -695,6 +719,21 @@ mod tests {
             "HEALTH_CHECK_TIMEOUT_MS"
         );
         assert_eq!(error_var(&[("JWT_SECRET", "short")]), "JWT_SECRET");
+        assert_eq!(
+            error_var(&[(
+                "JWT_SECRET",
+                "change-me-to-a-random-secret-of-at-least-32-characters"
+            )]),
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_PREVIOUS", "change-me-please-to-something-else")]),
+            "JWT_SECRET_PREVIOUS"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_PREVIOUS", "5Hq0Lw9Zc2Rk7Vt4Xy1Bn8Md3Fg6Js0P")]),
+            "JWT_SECRET_PREVIOUS"
+        );
         assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
         assert_eq!(
             error_var(&[("IDEMPOTENCY_KEY_TTL_HOURS", "0")]),

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::revocation::Denylist;
 use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -73,14 +74,14 @@ impl Application {
             lifecycle: Arc::new(Lifecycle::new(&metrics.lifecycle_phase, &metrics.instance)),
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
             passwords: Arc::new(Passwords::new(&settings.auth.password, metrics.clone())?),
+            denylist: Denylist::new(),
             admission: Arc::new(Bulkhead::new(
                 settings.overload.max_in_flight,
                 settings.overload.max_queued,
                 settings.overload.queue_timeout,
             )),
-            cursor_key: Arc::new(
-                cursor::key(settings.auth.jwt_secret.expose().as_bytes())
-                    .context("deriving the cursor key")?,
+            cursor_keys: Arc::new(
+                cursor::keys(&settings.auth).context("deriving the cursor keys")?,
             ),
             settings: Arc::new(settings),
             db,
@@ -137,7 +138,11 @@ impl Application {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             async move {
                 start_up(state.clone(), shutdown.clone()).await;
-                purge_periodically(state, shutdown).await;
+                let denylist = state
+                    .denylist
+                    .clone()
+                    .follow(state.db.clone(), shutdown.clone());
+                tokio::join!(denylist, purge_periodically(state, shutdown));
             }
         });
         let mut api = tokio::spawn({

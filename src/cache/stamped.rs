@@ -21,7 +21,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::Cache;
-use crate::db::Database;
 
 /// Reads epoch, generation and entry, creating missing counters, in one atomic round trip.
 const LOOKUP_SCRIPT: &str = r"
@@ -84,8 +83,8 @@ fn random_counter() -> String {
 }
 
 /// Looks up `key`, an entry that follows the counter `generation`. Counts hits and misses.
-pub async fn get(cache: &Cache, db: &Database, generation: &str, key: &str) -> Lookup {
-    if !super::trust::ensure_trusted(cache, db).await {
+pub async fn get(cache: &Cache, generation: &str, key: &str) -> Lookup {
+    if !super::trust::ensure_trusted(cache).await {
         return Lookup::Unavailable;
     }
     let keys = [epoch_key(cache), generation.to_owned(), key.to_owned()];

@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::auth::jwt::Claims;
-use crate::auth::revocation;
 use crate::error::FieldError;
 use crate::state::AppState;
 
@@ -291,7 +290,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let claims = verified(parts, state)?;
-        if revocation::is_revoked(&state.cache, &state.db, claims.jti).await? {
+        if state.denylist.is_revoked(&state.db, claims.jti).await? {
             return Err(ApiError::Unauthorized("token revoked".into()));
         }
         Ok(AuthUser {

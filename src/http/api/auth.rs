@@ -7,7 +7,6 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
-use crate::auth::revocation;
 use crate::db::users;
 use crate::http::error::validated;
 use crate::http::extract::{AuthUser, VerifiedToken};
@@ -136,7 +135,7 @@ pub async fn logout(
     State(state): State<AppState>,
     token: VerifiedToken,
 ) -> ApiResult<impl IntoResponse> {
-    revocation::revoke(&state.cache, &state.db, &token.0).await?;
+    state.denylist.revoke(&state.db, &token.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
