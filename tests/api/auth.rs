@@ -370,6 +370,33 @@ async fn a_logout_while_redis_is_down_is_refused_everywhere_within_a_second() {
     }
 }
 
+#[tokio::test]
+async fn a_revocation_whose_commit_was_slow_is_still_followed() {
+    let a = spawn_app().await;
+    let token = a.new_user().await;
+    let claims = a.state.tokens.verify(&token).unwrap();
+    // A logout transaction that stays open while the replica polls many times: a poll that
+    // only read rows newer than the last it saw would skip it for good.
+    let mut tx = a.state.db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(claims.jti)
+        .bind(claims.sub)
+        .bind(claims.expires_at())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let other = a.new_user().await;
+    logout(&a, &other).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(me(&a, &token).await, 200, "not revoked before the commit");
+    tx.commit().await.unwrap();
+    let took = refused_after(&a, &token, std::time::Instant::now()).await;
+    assert!(
+        took <= Duration::from_secs(1),
+        "refused only after {took:?}"
+    );
+}
+
 const NEW_SECRET: &str = "a49SAJHKiyawziFCBYAC6uLMCZRmYRnLlMdYUI-LWhjjAVdp";
 
 /// A replica of `of`'s cluster with these secrets.
