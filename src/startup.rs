@@ -134,6 +134,10 @@ impl Application {
         let metrics_shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(monitor.run(shutdown.clone()));
+        tasks.spawn(crate::cache::trust::repair_periodically(
+            state.cache.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn({
             let (state, shutdown) = (state.clone(), shutdown.clone());
             async move {
@@ -221,15 +225,9 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// Purges once start-up is complete (the tables exist), then every [`PURGE_INTERVAL`]: a
 /// replica replaced more often than that (frequent releases) still purges.
 async fn purge_periodically(state: AppState, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(PURGE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            // Checked first: a start-up cut short by a signal must not purge on its way out.
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = crate::lifecycle::ticker(PURGE_INTERVAL);
+    // A start-up cut short by a signal does not purge on its way out (see `next_tick`).
+    while crate::lifecycle::next_tick(&mut ticker, &shutdown).await {
         match crate::db::retention::purge(&state.db, state.settings.idempotency_key_ttl).await {
             Ok(purged) => tracing::debug!(?purged, "expired rows purged"),
             Err(e) => {

@@ -85,17 +85,11 @@ impl Denylist {
 
     /// Follows the table until `shutdown`; call once the migrations are applied.
     pub async fn follow(self: Arc<Self>, db: Database, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = crate::lifecycle::ticker(POLL_INTERVAL);
         let mut horizon = None;
         let mut pruned = Instant::now();
         let mut failing = false;
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        while crate::lifecycle::next_tick(&mut ticker, &shutdown).await {
             let started = Instant::now();
             match revocations::since(&db, horizon).await {
                 Ok(changes) => {
