@@ -151,6 +151,9 @@ pub struct AuthSettings {
     /// During a key rotation, the secret being replaced: it still verifies what it signed
     /// (tokens, cursors) and signs nothing.
     pub jwt_secret_previous: Option<Secret>,
+    /// Peers whose `X-Forwarded-For` is believed (the balancers): the client's address is
+    /// what they say, for failed-login throttling. Anyone else's header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub jwt_expires_in: Duration,
     pub password: PasswordSettings,
 }
@@ -579,6 +582,7 @@ impl Settings {
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),
                 jwt_secret_previous: jwt_secret_previous.map(Secret::new),
+                trusted_proxies: trusted_proxies(src)?,
                 jwt_expires_in: Duration::from_secs(jwt_expires_in),
                 password,
             },
@@ -589,6 +593,25 @@ impl Settings {
             },
         })
     }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges, none by default.
+fn trusted_proxies(src: &dyn Source) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let raw = src.get("TRUSTED_PROXIES").unwrap_or_default();
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "TRUSTED_PROXIES",
+                        format!("{s:?} is not an address or CIDR range"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// A token-signing secret: absent (`None`, an error for `JWT_SECRET`), or strong enough.
@@ -735,6 +758,10 @@ mod tests {
             "JWT_SECRET_PREVIOUS"
         );
         assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
+        assert_eq!(
+            error_var(&[("TRUSTED_PROXIES", "10.0.0.0/8,traefik")]),
+            "TRUSTED_PROXIES"
+        );
         assert_eq!(
             error_var(&[("IDEMPOTENCY_KEY_TTL_HOURS", "0")]),
             "IDEMPOTENCY_KEY_TTL_HOURS"

@@ -75,6 +75,7 @@ impl Application {
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
             passwords: Arc::new(Passwords::new(&settings.auth.password, metrics.clone())?),
             denylist: Denylist::new(),
+            login_throttle: Arc::default(),
             admission: Arc::new(Bulkhead::new(
                 settings.overload.max_in_flight,
                 settings.overload.max_queued,
@@ -153,6 +154,8 @@ impl Application {
             let app = crate::http::app(state.clone());
             let stop = shutdown.clone();
             async move {
+                // The peer's address: failed logins are throttled per account and client.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(api_listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await

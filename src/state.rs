@@ -8,6 +8,7 @@ use sha2::Sha256;
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
 use crate::auth::revocation::Denylist;
+use crate::auth::throttle::LoginThrottle;
 use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub passwords: Arc<Passwords>,
     /// The revoked tokens, followed from PostgreSQL.
     pub denylist: Arc<Denylist>,
+    /// Failed logins, per account and client address.
+    pub login_throttle: Arc<LoginThrottle>,
     /// Admission control of the data API: requests in flight and queued.
     pub admission: Arc<Bulkhead>,
     /// Sign and verify page cursors; derived from the JWT secrets once at start.

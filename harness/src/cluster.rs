@@ -181,6 +181,8 @@ impl Cluster {
             .env("REDIS_URL", format!("redis://{}", self.redis_proxy.addr))
             .env("CACHE_KEY_PREFIX", &self.key_prefix)
             .env("JWT_SECRET", DRILL_JWT_SECRET)
+            // The balancers run on loopback: their X-Forwarded-For names the client.
+            .env("TRUSTED_PROXIES", "127.0.0.0/8")
             .env("HEALTH_CHECK_INTERVAL_MS", Self::ms(t.check_interval))
             .env("HEALTH_CHECK_TIMEOUT_MS", Self::ms(t.check_timeout))
             .env("DRAIN_DELAY_MS", Self::ms(t.drain_delay))

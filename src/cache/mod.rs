@@ -15,6 +15,7 @@ pub mod stamped;
 pub mod trust;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,9 @@ pub struct Cache {
     pub query_ttl: Duration,
     /// Which entries may be read, after failed invalidations.
     pub trust: Arc<trust::Trust>,
+    /// Whether the last call failed: one log line when Redis starts failing and one when
+    /// it answers again, not one per request.
+    failing: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -76,6 +80,7 @@ impl Cache {
             query_ttl: cache.query_ttl,
             // Starts distrustful: see `trust`.
             trust: Arc::new(trust::Trust::default()),
+            failing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -87,8 +92,19 @@ impl Cache {
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let result = self.exec(self.timeout, op).await;
-        if result.is_err() {
-            self.metrics.cache_errors.inc();
+        match &result {
+            Err(e) => {
+                self.metrics.cache_errors.inc();
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "redis failed: serving from PostgreSQL until it answers again");
+                }
+            }
+            Ok(_) if self.failing.load(Ordering::Relaxed) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis answers again");
+                }
+            }
+            Ok(_) => {}
         }
         result
     }

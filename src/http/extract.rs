@@ -234,6 +234,44 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy
+/// (`TRUSTED_PROXIES`), the nearest address in `X-Forwarded-For` that is not one.
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let trusted = &state.settings.auth.trusted_proxies;
+        let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+        if !is_trusted(&peer) {
+            return Ok(ClientIp(peer));
+        }
+        // Each proxy appends the address it got the request from: read from the right,
+        // past our own proxies; what is left of them is the client's to write, unbelieved.
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let client = forwarded
+            .iter()
+            .rev()
+            .map_while(|s| s.parse::<std::net::IpAddr>().ok())
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer);
+        Ok(ClientIp(client))
+    }
+}
+
 /// The caller, from a valid, unrevoked bearer token. A handler that takes one answers 401
 /// JSON to a missing, malformed, expired, tampered or revoked token.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{spawn_app, spawn_app_with, AppOptions, TestApp, JWT_SECRET};
-use crate::support::api_client::{unique_email, PASSWORD};
+use crate::support::api_client::{unique_email, Answer, PASSWORD};
 use crate::support::proxy::Mode;
 
 /// Logs `token` out on `app`, expecting 204.
@@ -444,4 +444,88 @@ async fn a_rotated_secret_verifies_old_tokens_and_cursors_until_it_is_dropped() 
     assert_eq!(me(&after, &old_token).await, 401);
     let listed = after.list_items(&new_token, &page(&old_cursor)).await;
     assert_eq!(listed.status, 400, "an old-key cursor: {}", listed.body);
+}
+
+/// A login sent through a proxy that says the client is `client`.
+async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Answer {
+    crate::support::api_client::answer(
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("X-Forwarded-For", client)
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn failed_logins_slow_the_guessing_address_down_and_never_lock_the_owner_out() {
+    // The test client stands for a balancer on loopback.
+    let app = spawn_app_with(AppOptions::default().env("TRUSTED_PROXIES", "127.0.0.1/32")).await;
+    app.wait_ready().await;
+    let (victim, bystander) = (unique_email(), unique_email());
+    for email in [&victim, &bystander] {
+        assert_eq!(app.register(email, PASSWORD).await.status, 201);
+    }
+    let attacker = "203.0.113.7";
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            login_from(&app, attacker, &victim, "wrong password!")
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    let refused = login_from(&app, attacker, &victim, PASSWORD).await;
+    assert_eq!(
+        refused.status, 429,
+        "even the right password waits: no oracle"
+    );
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    refused.error_paths();
+
+    // The owner, from anywhere else, and the attacker's address for another account.
+    assert_eq!(
+        login_from(&app, "198.51.100.9", &victim, PASSWORD)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        login_from(&app, attacker, &bystander, PASSWORD)
+            .await
+            .status,
+        200
+    );
+    // A forged header in front of our proxy changes nothing: the proxy's entry is last.
+    let forged = login_from(
+        &app,
+        &format!("198.51.100.9, {attacker}"),
+        &victim,
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(forged.status, 429);
+    let text = app.metrics().await;
+    assert!(crate::helpers::metric_value(&text, "login_throttled_total", &[]) >= 2.0);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_header_is_ignored() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    for i in 0..5 {
+        // Each attempt claims another address: none is believed.
+        let answer = login_from(&app, &format!("203.0.113.{i}"), &email, "wrong password!").await;
+        assert_eq!(answer.status, if i < 4 { 401 } else { 429 });
+    }
+    assert_eq!(
+        login_from(&app, "198.51.100.9", &email, PASSWORD)
+            .await
+            .status,
+        429
+    );
 }
