@@ -135,7 +135,15 @@ pub async fn update(
     let mut errors = Vec::new();
     patch.check(&mut errors);
     validated(errors)?;
-    let updated = items::update(&state.db, &state.db.pool, user.id, id, expected, &patch).await?;
+    let updated = items::update(
+        &state.db,
+        &state.db.pool,
+        user.id,
+        id,
+        expected.as_deref(),
+        &patch,
+    )
+    .await?;
     let Some(item) = updated else {
         return Err(missing_or_stale(&state, user.id, id).await);
     };
@@ -161,7 +169,7 @@ pub async fn remove(
     Id(id): Id,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
-    if !items::delete(&state.db, &state.db.pool, user.id, id, expected).await? {
+    if !items::delete(&state.db, &state.db.pool, user.id, id, expected.as_deref()).await? {
         return Err(missing_or_stale(&state, user.id, id).await);
     }
     cache::items::invalidate(&state.cache, user.id, &[id]).await;
