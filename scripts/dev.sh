@@ -19,8 +19,9 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/cartae?s
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export HOST="${HOST:-127.0.0.1}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
-# A development secret: set your own JWT_SECRET anywhere that matters.
-export JWT_SECRET="${JWT_SECRET:-dev-only-secret-change-me-0123456789abcdef}"
+# A fresh random secret per run unless you set one (the service refuses published or
+# guessable secrets): tokens from an earlier run are then simply invalid.
+export JWT_SECRET="${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
 # A short drain: nothing sits in front of a development run.
 export DRAIN_DELAY_MS="${DRAIN_DELAY_MS:-500}"
 

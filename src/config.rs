@@ -14,6 +14,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
+mod secrets;
+
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {var}: {problem}")]
@@ -197,7 +199,14 @@ pub struct MigrationSettings {
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
+    /// Signs new tokens and cursors, and verifies them.
     pub jwt_secret: Secret,
+    /// During a key rotation, the secret being replaced: it still verifies what it signed
+    /// (tokens, cursors) and signs nothing.
+    pub jwt_secret_previous: Option<Secret>,
+    /// Peers whose `X-Forwarded-For` is believed (the balancers): the client's address is
+    /// what they say, for failed-login throttling. Anyone else's header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub jwt_expires_in: Duration,
     pub password: PasswordSettings,
 }
@@ -755,11 +764,12 @@ impl Settings {
             ));
         }
 
-        let jwt_secret = src.get("JWT_SECRET").unwrap_or_default();
-        if jwt_secret.len() < 32 {
+        let jwt_secret = signing_secret(src, "JWT_SECRET")?.unwrap_or_default();
+        let jwt_secret_previous = signing_secret(src, "JWT_SECRET_PREVIOUS")?;
+        if jwt_secret_previous.as_deref() == Some(jwt_secret.as_str()) {
             return Err(ConfigError::new(
-                "JWT_SECRET",
-                "must be set to at least 32 characters (try: openssl rand -base64 48)",
+                "JWT_SECRET_PREVIOUS",
+                "equals JWT_SECRET: set it only while rotating, to the secret being replaced",
             ));
         }
         let jwt_expires_in: u64 = parse_or(src, "JWT_EXPIRES_IN", 3600)?;
@@ -836,6 +846,8 @@ impl Settings {
             },
             auth: AuthSettings {
                 jwt_secret: Secret::new(jwt_secret),
+                jwt_secret_previous: jwt_secret_previous.map(Secret::new),
+                trusted_proxies: trusted_proxies(src)?,
                 jwt_expires_in: Duration::from_secs(jwt_expires_in),
                 password,
             },
@@ -845,6 +857,41 @@ impl Settings {
                 query_ttl: millis(src, "CACHE_QUERY_TTL_MS", 30_000, 1)?,
             },
         })
+    }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges, none by default.
+fn trusted_proxies(src: &dyn Source) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let raw = src.get("TRUSTED_PROXIES").unwrap_or_default();
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(
+                        "TRUSTED_PROXIES",
+                        format!("{s:?} is not an address or CIDR range"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// A token-signing secret: absent (`None`, an error for `JWT_SECRET`), or strong enough.
+fn signing_secret(src: &dyn Source, var: &'static str) -> Result<Option<String>, ConfigError> {
+    let value = src.get(var).filter(|v| !v.is_empty());
+    match (&value, var) {
+        (None, "JWT_SECRET") => Err(ConfigError::new(
+            var,
+            "must be set (generate one with: openssl rand -base64 48)",
+        )),
+        (Some(secret), _) => match secrets::weakness(secret) {
+            Some(why) => Err(ConfigError::new(var, why)),
+            None => Ok(value),
+        },
+        (None, _) => Ok(None),
     }
 }
 
@@ -870,7 +917,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut map: HashMap<String, String> = [("JWT_SECRET", "0123456789abcdef0123456789abcdef")]
+        let mut map: HashMap<String, String> = [("JWT_SECRET", "5Hq0Lw9Zc2Rk7Vt4Xy1Bn8Md3Fg6Js0P")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -960,7 +1007,26 @@ mod tests {
             "HEALTH_CHECK_TIMEOUT_MS"
         );
         assert_eq!(error_var(&[("JWT_SECRET", "short")]), "JWT_SECRET");
+        assert_eq!(
+            error_var(&[(
+                "JWT_SECRET",
+                "change-me-to-a-random-secret-of-at-least-32-characters"
+            )]),
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_PREVIOUS", "change-me-please-to-something-else")]),
+            "JWT_SECRET_PREVIOUS"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_PREVIOUS", "5Hq0Lw9Zc2Rk7Vt4Xy1Bn8Md3Fg6Js0P")]),
+            "JWT_SECRET_PREVIOUS"
+        );
         assert_eq!(error_var(&[("HOST", "localhost:80")]), "HOST");
+        assert_eq!(
+            error_var(&[("TRUSTED_PROXIES", "10.0.0.0/8,traefik")]),
+            "TRUSTED_PROXIES"
+        );
         assert_eq!(
             error_var(&[("IDEMPOTENCY_KEY_TTL_HOURS", "0")]),
             "IDEMPOTENCY_KEY_TTL_HOURS"

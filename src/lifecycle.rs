@@ -196,3 +196,24 @@ pub fn install_signal_handlers() -> std::io::Result<mpsc::UnboundedReceiver<Stop
     });
     Ok(rx)
 }
+
+/// A ticker for a background loop: first tick at once, then every `period`, and never a
+/// burst of catch-up ticks after a stall.
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for the next tick; false once `shutdown` is cancelled, which is checked first, so
+/// a loop cut short by a signal does no more work on its way out.
+pub async fn next_tick(
+    ticker: &mut tokio::time::Interval,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        _ = ticker.tick() => true,
+    }
+}

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::revocation::Denylist;
 use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -73,14 +74,15 @@ impl Application {
             lifecycle: Arc::new(Lifecycle::new(&metrics.lifecycle_phase, &metrics.instance)),
             tokens: Arc::new(TokenKeys::new(&settings.auth)),
             passwords: Arc::new(Passwords::new(&settings.auth.password, metrics.clone())?),
+            denylist: Denylist::new(),
+            login_throttle: Arc::default(),
             admission: Arc::new(Bulkhead::new(
                 settings.overload.max_in_flight,
                 settings.overload.max_queued,
                 settings.overload.queue_timeout,
             )),
-            cursor_key: Arc::new(
-                cursor::key(settings.auth.jwt_secret.expose().as_bytes())
-                    .context("deriving the cursor key")?,
+            cursor_keys: Arc::new(
+                cursor::keys(&settings.auth).context("deriving the cursor keys")?,
             ),
             settings: Arc::new(settings),
             db,
@@ -133,6 +135,10 @@ impl Application {
         let metrics_shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(monitor.run(shutdown.clone()));
+        tasks.spawn(crate::cache::trust::repair_periodically(
+            state.cache.clone(),
+            shutdown.clone(),
+        ));
         let (start_up_failed, mut failed) = tokio::sync::oneshot::channel();
         tasks.spawn({
             let (state, shutdown) = (state.clone(), shutdown.clone());
@@ -141,13 +147,19 @@ impl Application {
                     let _ = start_up_failed.send(e);
                     return;
                 }
-                purge_periodically(state, shutdown).await;
+                let denylist = state
+                    .denylist
+                    .clone()
+                    .follow(state.db.clone(), shutdown.clone());
+                tokio::join!(denylist, purge_periodically(state, shutdown));
             }
         });
         let mut api = tokio::spawn({
             let app = crate::http::app(state.clone());
             let stop = shutdown.clone();
             async move {
+                // The peer's address: failed logins are throttled per account and client.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(api_listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
@@ -234,15 +246,9 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 /// Purges once start-up is complete (the tables exist), then every [`PURGE_INTERVAL`]: a
 /// replica replaced more often than that (frequent releases) still purges.
 async fn purge_periodically(state: AppState, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(PURGE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            // Checked first: a start-up cut short by a signal must not purge on its way out.
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = crate::lifecycle::ticker(PURGE_INTERVAL);
+    // A start-up cut short by a signal does not purge on its way out (see `next_tick`).
+    while crate::lifecycle::next_tick(&mut ticker, &shutdown).await {
         match crate::db::retention::purge(&state.db, state.settings.idempotency_key_ttl).await {
             Ok(purged) => tracing::debug!(?purged, "expired rows purged"),
             Err(e) => {

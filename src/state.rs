@@ -7,6 +7,8 @@ use sha2::Sha256;
 
 use crate::auth::jwt::TokenKeys;
 use crate::auth::password::Passwords;
+use crate::auth::revocation::Denylist;
+use crate::auth::throttle::LoginThrottle;
 use crate::bulkhead::Bulkhead;
 use crate::cache::Cache;
 use crate::config::Settings;
@@ -26,10 +28,21 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub tokens: Arc<TokenKeys>,
     pub passwords: Arc<Passwords>,
+    /// The revoked tokens, followed from PostgreSQL.
+    pub denylist: Arc<Denylist>,
+    /// Failed logins, per account and client address.
+    pub login_throttle: Arc<LoginThrottle>,
     /// Admission control of the data API: requests in flight and queued.
     pub admission: Arc<Bulkhead>,
-    /// Signs page cursors; derived from `JWT_SECRET` once at start.
-    pub cursor_key: Arc<Hmac<Sha256>>,
+    /// Sign and verify page cursors; derived from the JWT secrets once at start.
+    pub cursor_keys: Arc<CursorKeys>,
+}
+
+/// The page cursors' MAC keys: one derived from `JWT_SECRET` signs and verifies, one from
+/// `JWT_SECRET_PREVIOUS` (during a rotation) only verifies, as for tokens.
+pub struct CursorKeys {
+    pub current: Hmac<Sha256>,
+    pub previous: Option<Hmac<Sha256>>,
 }
 
 impl AppState {

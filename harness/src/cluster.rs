@@ -84,6 +84,10 @@ pub struct Cluster {
 
 /// Starts each instance at `$VERSION` on the ports chosen for it. `$VERSION` is the path of
 /// an executable: the release binary, or a wrapper the drill writes for a bad version.
+/// The drill's signing secret: random, as the service requires; public, as only a test's
+/// may be.
+pub const DRILL_JWT_SECRET: &str = "LElfRZ7YQooGhrbAt-5kVfC8JJIKcDWM2zQuL9UNXgF15pln";
+
 const START_CMD: &str = r#"ports=($API_PORTS); mports=($METRICS_PORTS); i=$((INSTANCE_INDEX - 1)); PORT=${ports[$i]} METRICS_PORT=${mports[$i]} INSTANCE_ID=$INSTANCE exec "$VERSION" serve"#;
 
 /// The script's migration step: `$VERSION migrate`, before any replica is replaced.
@@ -202,7 +206,9 @@ impl Cluster {
             .env("HOST", "127.0.0.1")
             .envs(self.dependency_env())
             .env("CACHE_KEY_PREFIX", &self.key_prefix)
-            .env("JWT_SECRET", "drill-secret-drill-secret-drill-secret-42")
+            .env("JWT_SECRET", DRILL_JWT_SECRET)
+            // The balancers run on loopback: their X-Forwarded-For names the client.
+            .env("TRUSTED_PROXIES", "127.0.0.0/8")
             .env("HEALTH_CHECK_INTERVAL_MS", Self::ms(t.check_interval))
             .env("HEALTH_CHECK_TIMEOUT_MS", Self::ms(t.check_timeout))
             .env("DRAIN_DELAY_MS", Self::ms(t.drain_delay))

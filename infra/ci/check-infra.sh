@@ -138,9 +138,16 @@ check_compose() {
   bin="$(compose_bin)"
   [[ -x "$bin" ]] || { echo "compose binary not found at $bin"; return 1; }
   "$bin" version
-  # A throwaway env file from .env.example (its placeholder secrets are non-empty).
+  # .env.example ships no usable secret: compose must refuse it as it is.
+  if "$bin" -f docker-compose.ha.yml --env-file .env.example -p check-example config -q \
+      >/dev/null 2>&1; then
+    echo "compose config passed with .env.example unchanged: it ships a usable secret"
+    return 1
+  fi
+  # A throwaway env file from .env.example, its empty secrets filled in.
   env_file="$WORK/compose.env"
-  cp .env.example "$env_file"
+  sed -E 's/^(POSTGRES_PASSWORD|REDIS_PASSWORD|JWT_SECRET|GRAFANA_ADMIN_PASSWORD)=$/\1=check-only/' \
+    .env.example > "$env_file"
   "$bin" -f docker-compose.ha.yml --env-file "$env_file" config -q || return 1
   # Every ${VAR} the compose file reads is documented in .env.example.
   local v missing=0
@@ -251,6 +258,11 @@ check_kustomize() {
   local out="$WORK/k8s.yaml"
   "$KUBECTL" kustomize infra/k8s > "$out" || return 1
   kubernetes-validate --strict --quiet "$out" || return 1
+  # No Secret: `kubectl apply -k` must never overwrite the real one with placeholders.
+  if grep -qE '^kind: Secret$' "$out"; then
+    echo "the kustomization applies a Secret"
+    return 1
+  fi
   # terminationGracePeriodSeconds covers the service's worst stop: drain delay + shutdown
   # timeout + its own bounds on background tasks (5 s), metrics server (2 s), pool close (5 s).
   python3 - "$out" <<'PY'

@@ -1,4 +1,15 @@
 //! Access tokens: HS256 JWTs any replica can verify with the shared `JWT_SECRET`.
+//!
+//! Rotating the secret without signing anyone out: `JWT_SECRET_PREVIOUS` is a second key
+//! that verifies and never signs. A rolling update replaces replicas one by one, so old and
+//! new run side by side, and each must verify what the other signs. Hence three steps, each
+//! a rolling update (docs/deployment.md):
+//!
+//! 1. `JWT_SECRET=old`, `JWT_SECRET_PREVIOUS=new`: still signs with the old key, already
+//!    verifies the new one;
+//! 2. `JWT_SECRET=new`, `JWT_SECRET_PREVIOUS=old`: signs with the new key, still verifies
+//!    tokens (and cursors) made with the old one;
+//! 3. after `JWT_EXPIRES_IN`, no old-key token is valid anyway: drop `JWT_SECRET_PREVIOUS`.
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -40,6 +51,8 @@ pub struct Issued {
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// `JWT_SECRET_PREVIOUS`: verifies only.
+    previous: Option<DecodingKey>,
     validation: Validation,
     lifetime: chrono::Duration,
 }
@@ -55,6 +68,10 @@ impl TokenKeys {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            previous: settings
+                .jwt_secret_previous
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             validation,
             lifetime: chrono::Duration::from_std(settings.jwt_expires_in)
                 .unwrap_or_else(|_| chrono::Duration::hours(1)),
@@ -82,6 +99,24 @@ impl TokenKeys {
     /// Checks signature, algorithm, issuer, audience and expiry. Revocation is checked
     /// separately (it needs Redis or PostgreSQL).
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims)
+        let current = self.verify_with(&self.decoding, token);
+        match (&current, &self.previous) {
+            // Only a signature mismatch may be the other key's: an expired or malformed
+            // token is refused for what it is.
+            (Err(e), Some(previous))
+                if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) =>
+            {
+                self.verify_with(previous, token)
+            }
+            _ => current,
+        }
+    }
+
+    fn verify_with(
+        &self,
+        key: &DecodingKey,
+        token: &str,
+    ) -> Result<Claims, jsonwebtoken::errors::Error> {
+        decode::<Claims>(token, key, &self.validation).map(|data| data.claims)
     }
 }

@@ -31,7 +31,6 @@ pub async fn get_item(
     let generation = stamped::item_generation_key(cache, user, id);
     read_through(
         cache,
-        db,
         &generation,
         &key,
         cache.item_ttl,
@@ -44,7 +43,6 @@ pub async fn get_item(
 /// miss; its error, whatever its type, is the caller's.
 pub async fn query<T, E, P, F>(
     cache: &Cache,
-    db: &Database,
     user: Uuid,
     kind: &str,
     params: &P,
@@ -58,12 +56,11 @@ where
     let digest = Sha256::digest(serde_json::to_vec(params).unwrap_or_default());
     let key = cache.key(format_args!("{kind}:{user}:{}", hex(&digest)));
     let generation = stamped::user_generation_key(cache, user);
-    read_through(cache, db, &generation, &key, cache.query_ttl, load).await
+    read_through(cache, &generation, &key, cache.query_ttl, load).await
 }
 
 async fn read_through<T, E, F>(
     cache: &Cache,
-    db: &Database,
     generation: &str,
     key: &str,
     ttl: std::time::Duration,
@@ -73,7 +70,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {
-    let stamp = match stamped::get(cache, db, generation, key).await {
+    let stamp = match stamped::get(cache, generation, key).await {
         Lookup::Hit(payload) => match serde_json::from_str(&payload) {
             Ok(value) => return Ok(value),
             // Written by an older release with another shape: treat as a miss.

@@ -7,15 +7,15 @@
 //! - [`stamped`]: cache-aside entries stamped with a cluster epoch and a per-user
 //!   generation, so one `INCR` makes every cached read of a user stale at once, on every
 //!   replica.
-//! - [`trust`]: after any Redis failure this replica stops reading from Redis until it has
-//!   re-synchronised what a lost write could have left wrong (see there why).
+//! - [`trust`]: after a failed invalidation this replica stops reading the entries it could
+//!   have left stale until a background repair has applied it (see there why).
 
 pub mod items;
 pub mod stamped;
 pub mod trust;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,15 +78,11 @@ pub struct Cache {
     pub item_ttl: Duration,
     /// How long a list or search page stays cached (`CACHE_QUERY_TTL_MS`).
     pub query_ttl: Duration,
-    /// Failed calls so far. Any failure may have lost a write (an invalidation, a
-    /// revocation), so Redis is not trusted for reads until [`trust::ensure_trusted`] has
-    /// repaired everything up to the latest failure.
-    failures: Arc<AtomicU64>,
-    /// The failure count that the last successful repair covered.
-    repaired: Arc<AtomicU64>,
-    /// When the last repair was attempted, so a dead Redis is retried at a bounded rate
-    /// instead of costing every request a timeout.
-    last_repair: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Which entries may be read, after failed invalidations.
+    pub trust: Arc<trust::Trust>,
+    /// Whether the last call failed: one log line when Redis starts failing and one when
+    /// it answers again, not one per request.
+    failing: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -117,11 +113,9 @@ impl Cache {
             key_prefix: cache.key_prefix.clone(),
             item_ttl: cache.item_ttl,
             query_ttl: cache.query_ttl,
-            // Until its first repair a replica cannot know what was lost before it started
-            // (say, by a predecessor that died during an outage), so it starts distrustful.
-            failures: Arc::new(AtomicU64::new(1)),
-            repaired: Arc::new(AtomicU64::new(0)),
-            last_repair: Arc::new(std::sync::Mutex::new(None)),
+            // Starts distrustful: see `trust`.
+            trust: Arc::new(trust::Trust::default()),
+            failing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -133,23 +127,21 @@ impl Cache {
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let result = self.exec(self.timeout, op).await;
-        if let Err(e) = &result {
-            self.metrics.cache_errors.inc();
-            self.mark_suspect(e);
+        match &result {
+            Err(e) => {
+                self.metrics.cache_errors.inc();
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "redis failed: serving from PostgreSQL until it answers again");
+                }
+            }
+            Ok(_) if self.failing.load(Ordering::Relaxed) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis answers again");
+                }
+            }
+            Ok(_) => {}
         }
         result
-    }
-
-    fn mark_suspect(&self, error: &CacheError) {
-        let was_trusted = !self.is_suspect();
-        self.failures.fetch_add(1, Ordering::AcqRel);
-        if was_trusted {
-            tracing::warn!(error = %error, "redis failed: serving from PostgreSQL until it answers again");
-        }
-    }
-
-    pub fn is_suspect(&self) -> bool {
-        self.failures.load(Ordering::Acquire) > self.repaired.load(Ordering::Acquire)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -182,8 +174,7 @@ impl Cache {
     /// failures are health-check failures, not cache fallbacks, so they are not counted in
     /// `cache_errors_total`.
     ///
-    /// A failed ping still marks Redis suspect: a replica that serves no traffic during a
-    /// short outage must not trust entries that another replica failed to invalidate.
+    /// A failed ping loses no write, so it makes no entry suspect (see [`trust`]).
     pub async fn ping(&self, timeout: Duration) -> Result<(), CacheError> {
         let result = self
             .exec(timeout, |mut conn| async move {
@@ -194,7 +185,6 @@ impl Cache {
             })
             .await;
         if let Err(e) = &result {
-            self.mark_suspect(e);
             if let Some(permanent) = permanent(e) {
                 self.metrics.record_permanent("redis", &permanent);
                 tracing::error!(kind = permanent.kind, error = %permanent.describe(e), "Redis connection refused: retrying will not help until this is fixed");

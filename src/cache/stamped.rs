@@ -21,7 +21,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::Cache;
-use crate::db::Database;
 
 /// Reads epoch, generation and entry, creating missing counters, in one atomic round trip.
 const LOOKUP_SCRIPT: &str = r"
@@ -84,8 +83,9 @@ fn random_counter() -> String {
 }
 
 /// Looks up `key`, an entry that follows the counter `generation`. Counts hits and misses.
-pub async fn get(cache: &Cache, db: &Database, generation: &str, key: &str) -> Lookup {
-    if !super::trust::ensure_trusted(cache, db).await {
+pub async fn get(cache: &Cache, generation: &str, key: &str) -> Lookup {
+    if !cache.trust.usable(generation) {
+        cache.metrics().cache_bypasses.inc();
         return Lookup::Unavailable;
     }
     let keys = [epoch_key(cache), generation.to_owned(), key.to_owned()];
@@ -139,6 +139,22 @@ pub async fn fill(cache: &Cache, key: &str, stamp: &Stamp, payload: &str, ttl: D
 /// Makes every entry that follows one of `generations` stale, and drops `keys` outright
 /// (to free memory early). Called after a write commits and before it is answered.
 pub async fn invalidate(cache: &Cache, generations: &[String], keys: &[String]) {
+    let mut pipe = increments(generations);
+    if !keys.is_empty() {
+        pipe.cmd("DEL").arg(keys).ignore();
+    }
+    let result = cache
+        .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+        .await;
+    if let Err(e) = result {
+        // Until the repair applies them, this replica reads none of these entries.
+        cache.trust.record_failed(generations);
+        tracing::warn!(error = %e, "cache invalidation failed; repaired when redis answers");
+    }
+}
+
+/// Increments each generation (and renews its lifetime): what makes its entries stale.
+pub fn increments(generations: &[String]) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for generation in generations {
         pipe.cmd("INCR").arg(generation).ignore();
@@ -147,14 +163,5 @@ pub async fn invalidate(cache: &Cache, generations: &[String], keys: &[String]) 
             .arg(GENERATION_TTL.as_millis() as u64)
             .ignore();
     }
-    if !keys.is_empty() {
-        pipe.cmd("DEL").arg(keys).ignore();
-    }
-    let result = cache
-        .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-        .await;
-    if let Err(e) = result {
-        // Counted and marked suspect by `run`; the repair's epoch bump covers it.
-        tracing::warn!(error = %e, "cache invalidation failed; repaired when redis answers");
-    }
+    pipe
 }

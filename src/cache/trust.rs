@@ -1,109 +1,163 @@
-//! When to believe Redis again after it failed.
+//! When to believe Redis after a write to it failed.
 //!
-//! A failed Redis call may have been a write: the invalidation after an item changed, or
-//! the denylist entry of a logout. If Redis comes back with its data (it was only
-//! unreachable, or it persists to disk), reading it at once could serve an item that a
-//! lost invalidation left stale, or accept a token that a lost revocation left out. So
-//! after any failure this replica reads nothing from Redis until a repair succeeds:
+//! Only a lost write can make an entry wrong: the invalidation after an item changed. A
+//! failed read or fill costs a miss and nothing else, so it changes nothing here. When an
+//! invalidation fails, the generation counters it should have incremented are remembered
+//! as *pending*: this replica serves the entries that follow them from PostgreSQL (counted
+//! in `cache_bypassed_total`), and a background task increments them again every
+//! [`REPAIR_INTERVAL`], with its own timeout, until Redis takes it. Every other entry keeps
+//! being served: a Redis hiccup costs at most the entries it could have made stale, never
+//! the whole cache.
 //!
-//! 1. every unexpired revoked token in PostgreSQL (the durable half of the denylist) is
-//!    written back to Redis;
-//! 2. the cluster-wide cache epoch is bumped, which makes every cached entry stale at once
-//!    (see [`super::stamped`]).
+//! The whole cache is dropped (the cluster-wide epoch bumped, see [`super::stamped`]) in two
+//! cases only: when a replica starts, since it cannot know what a predecessor that died
+//! during an outage failed to invalidate; and when more than [`MAX_PENDING`] generations
+//! are pending, which bounds this replica's memory.
 //!
-//! Until then reads go to PostgreSQL, and `cache_bypassed_total` counts them. Failed
-//! health-check pings mark Redis suspect too, so a replica that served nothing during an
-//! outage still repairs before trusting the cache. A repair is tried at most every
-//! [`REPAIR_INTERVAL`], so a dead or hanging Redis costs one timeout per interval, not one
-//! per request.
+//! Revoked tokens are not Redis's business: the denylist lives in PostgreSQL and in each
+//! replica's memory (`crate::auth::revocation`), so no Redis loss can resurrect a token.
 //!
 //! What this cannot cover: Redis unreachable from one replica only (a network partition)
 //! while others still read it. Their reads of entries that this replica failed to
 //! invalidate are stale until this replica's repair, or the entry's TTL, whichever comes
-//! first. The denylist check has no such gap for tokens revoked by a replica that saw no
-//! failure; docs/api.md spells it out.
+//! first; docs/api.md spells it out.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use uuid::Uuid;
+use tokio_util::sync::CancellationToken;
 
 use super::{Cache, CacheError};
-use crate::db::{revocations, Database};
 
-/// The Redis key of a revoked token's denylist entry. Defined here, below `auth`, because
-/// the repair rewrites these entries too.
-pub fn revocation_key(cache: &Cache, jti: Uuid) -> String {
-    cache.key(format_args!("revoked:{jti}"))
-}
-
+/// How often pending repairs are retried.
 pub const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest one repair may take: longer than a request's Redis call, since it carries
+/// many increments, and it runs in the background.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(1);
+/// Generations repaired in one round trip.
+const REPAIR_BATCH: usize = 1_000;
+/// Beyond this many pending generations, bumping the epoch is cheaper than remembering.
+pub const MAX_PENDING: usize = 10_000;
 
-/// True when Redis may be read now; otherwise the caller serves from PostgreSQL.
-pub async fn ensure_trusted(cache: &Cache, db: &Database) -> bool {
-    if !cache.is_suspect() {
-        return true;
-    }
-    if !claim_repair_slot(cache) {
-        cache.metrics().cache_bypasses.inc();
-        return false;
-    }
-    // Everything failed up to now is covered if this repair succeeds; failures that
-    // happen during it are not, and keep Redis suspect.
-    let covered = cache.failures.load(Ordering::Acquire);
-    match repair(cache, db).await {
-        Ok(()) => {
-            cache.repaired.fetch_max(covered, Ordering::AcqRel);
-            tracing::info!("redis repaired: denylist re-synchronised, cache epoch bumped");
-            !cache.is_suspect()
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "redis repair failed; still serving from PostgreSQL");
-            cache.metrics().cache_bypasses.inc();
-            false
+/// What this replica must repair before trusting some or all of Redis's entries.
+pub struct Trust {
+    pending: Mutex<HashSet<String>>,
+    /// Epoch bumps asked for, and the count the last successful bump covered: every entry
+    /// is suspect while the first is ahead. Counts, not a flag, so that a bump asked for
+    /// while one is in flight is not lost.
+    epoch_wanted: AtomicU64,
+    epoch_done: AtomicU64,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(HashSet::new()),
+            // A replica starts by bumping the epoch.
+            epoch_wanted: AtomicU64::new(1),
+            epoch_done: AtomicU64::new(0),
         }
     }
 }
 
-/// One repair per interval, whichever request comes first.
-fn claim_repair_slot(cache: &Cache) -> bool {
-    let Ok(mut last) = cache.last_repair.lock() else {
-        return false;
-    };
-    if last.is_some_and(|at| at.elapsed() < REPAIR_INTERVAL) {
-        return false;
+impl Trust {
+    fn epoch_stale(&self) -> bool {
+        self.epoch_wanted.load(Ordering::Acquire) > self.epoch_done.load(Ordering::Acquire)
     }
-    *last = Some(Instant::now());
-    true
-}
 
-#[derive(Debug, thiserror::Error)]
-enum RepairError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-}
+    fn want_epoch_bump(&self) {
+        self.epoch_wanted.fetch_add(1, Ordering::AcqRel);
+    }
 
-async fn repair(cache: &Cache, db: &Database) -> Result<(), RepairError> {
-    let revoked = revocations::unexpired(db).await?;
-    let mut pipe = redis::pipe();
-    for token in &revoked {
-        let ttl_ms = (token.expires_at - chrono::Utc::now()).num_milliseconds();
-        if ttl_ms > 0 {
-            pipe.cmd("SET")
-                .arg(revocation_key(cache, token.jti))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
+    /// Whether an entry that follows `generation` may be read now.
+    pub fn usable(&self, generation: &str) -> bool {
+        !self.epoch_stale()
+            && self
+                .pending
+                .lock()
+                .map(|p| !p.contains(generation))
+                .unwrap_or(false)
+    }
+
+    /// Nothing to repair: every entry may be read.
+    pub fn is_clean(&self) -> bool {
+        !self.epoch_stale() && self.pending.lock().map(|p| p.is_empty()).unwrap_or(false)
+    }
+
+    /// Remembers generations whose increment failed (it may have been applied or not).
+    pub fn record_failed(&self, generations: &[String]) {
+        let Ok(mut pending) = self.pending.lock() else {
+            self.want_epoch_bump();
+            return;
+        };
+        pending.extend(generations.iter().cloned());
+        if pending.len() > MAX_PENDING {
+            pending.clear();
+            self.want_epoch_bump();
         }
     }
-    pipe.cmd("INCR")
-        .arg(super::stamped::epoch_key(cache))
-        .ignore();
+
+    fn batch(&self) -> Vec<String> {
+        self.pending
+            .lock()
+            .map(|p| p.iter().take(REPAIR_BATCH).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn repaired(&self, generations: &[String]) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for generation in generations {
+                pending.remove(generation);
+            }
+        }
+    }
+}
+
+/// Repairs what is pending every [`REPAIR_INTERVAL`] until `shutdown`, whether or not
+/// requests arrive: a replica about to be drained repairs all the same.
+pub async fn repair_periodically(cache: Cache, shutdown: CancellationToken) {
+    let mut ticker = crate::lifecycle::ticker(REPAIR_INTERVAL);
+    while crate::lifecycle::next_tick(&mut ticker, &shutdown).await {
+        if let Err(e) = repair(&cache).await {
+            tracing::debug!(error = %e, "redis repair failed; retrying");
+        }
+    }
+}
+
+/// One repair step: the epoch if it is stale, else a batch of pending generations.
+async fn repair(cache: &Cache) -> Result<(), CacheError> {
+    let trust = &cache.trust;
+    if trust.epoch_stale() {
+        let wanted = trust.epoch_wanted.load(Ordering::Acquire);
+        let epoch = super::stamped::epoch_key(cache);
+        cache
+            .exec(REPAIR_TIMEOUT, |mut conn| async move {
+                redis::cmd("INCR")
+                    .arg(epoch)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await?;
+        trust.epoch_done.fetch_max(wanted, Ordering::AcqRel);
+        tracing::info!("redis cache epoch bumped: every older entry is stale");
+        return Ok(());
+    }
+    let batch = trust.batch();
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let pipe = super::stamped::increments(&batch);
     cache
-        .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+        .exec(REPAIR_TIMEOUT, |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
         .await?;
+    trust.repaired(&batch);
+    tracing::info!(
+        generations = batch.len(),
+        "redis repaired: failed invalidations applied"
+    );
     Ok(())
 }

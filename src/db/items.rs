@@ -144,7 +144,7 @@ pub async fn update<'c>(
     conn: impl PgExecutor<'c>,
     user: Uuid,
     id: Uuid,
-    expected: Option<i32>,
+    expected: Option<&[i32]>,
     patch: &ItemPatch,
 ) -> Result<Option<Item>, sqlx::Error> {
     let source = patch.source.as_ref();
@@ -161,7 +161,7 @@ pub async fn update<'c>(
              archived = coalesce($12, archived),
              favorite = coalesce($13, favorite),
              version = version + 1
-         WHERE id = $1 AND user_id = $2 AND ($3::integer IS NULL OR version = $3)
+         WHERE id = $1 AND user_id = $2 AND ($3::integer[] IS NULL OR version = ANY($3))
          RETURNING ",
         item_columns!()
     ))
@@ -188,10 +188,10 @@ pub async fn delete<'c>(
     conn: impl PgExecutor<'c>,
     user: Uuid,
     id: Uuid,
-    expected: Option<i32>,
+    expected: Option<&[i32]>,
 ) -> Result<bool, sqlx::Error> {
     let query = sqlx::query(
-        "DELETE FROM items WHERE id = $1 AND user_id = $2 AND ($3::integer IS NULL OR version = $3)",
+        "DELETE FROM items WHERE id = $1 AND user_id = $2 AND ($3::integer[] IS NULL OR version = ANY($3))",
     )
     .bind(id)
     .bind(user)

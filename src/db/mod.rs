@@ -150,6 +150,9 @@ async fn migrate_on(
     Ok(())
 }
 
+/// The longest a denylist poll may wait for its connection, and then run.
+const FEED_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The pool plus the bookkeeping that the pool itself does not expose.
 #[derive(Clone)]
 pub struct Database {
@@ -158,6 +161,9 @@ pub struct Database {
     /// of `pool` under load; a busy pool is not a dead database, and readiness must never
     /// depend on load, so the check never waits behind them.
     health_pool: PgPool,
+    /// One connection that only the denylist poll uses (see `crate::auth::revocation`):
+    /// how fast a logout reaches every replica must not depend on request load either.
+    feed_pool: PgPool,
     /// How to open the migrations' own connection: no `statement_timeout`.
     migrate_with: PgConnectOptions,
     metrics: Arc<Metrics>,
@@ -212,9 +218,15 @@ impl Database {
             .acquire_timeout(check_timeout * 2)
             .test_before_acquire(false)
             .connect_lazy_with(with_timeout(check_timeout));
+        let feed_pool = PgPoolOptions::new()
+            .min_connections(0)
+            .max_connections(1)
+            .acquire_timeout(FEED_TIMEOUT)
+            .connect_lazy_with(with_timeout(FEED_TIMEOUT));
         Self {
             pool,
             health_pool,
+            feed_pool,
             migrate_with: settings.connect.clone(),
             metrics,
             in_flight: Arc::new(AtomicI64::new(0)),
@@ -364,6 +376,7 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
         self.health_pool.close().await;
+        self.feed_pool.close().await;
     }
 }
 

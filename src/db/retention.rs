@@ -21,9 +21,7 @@ pub async fn purge(db: &Database, key_ttl: Duration) -> Result<Purged, sqlx::Err
     .bind(key_ttl.as_secs_f64())
     .execute(&db.pool);
     let idempotency_keys = db.timed("idempotency_purge", keys).await?.rows_affected();
-    let tokens =
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < now()").execute(&db.pool);
-    let revoked_tokens = db.timed("revocation_purge", tokens).await?.rows_affected();
+    let revoked_tokens = super::revocations::purge(db).await?;
     Ok(Purged {
         idempotency_keys,
         revoked_tokens,

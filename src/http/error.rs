@@ -50,6 +50,10 @@ pub enum ApiError {
     /// The request ran past `REQUEST_TIMEOUT_MS`: retryable, so 503.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// Too many failed logins for this account from this address: 429, with how many
+    /// seconds to wait.
+    #[error("too many failed logins")]
+    LoginThrottled(u64),
     #[error(transparent)]
     Database(sqlx::Error),
     #[error(transparent)]
@@ -121,6 +125,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::LoginThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_)
             | ApiError::Starting
             | ApiError::Overloaded(_)
@@ -141,6 +146,10 @@ impl ApiError {
             ApiError::PayloadTooLarge => ("request body exceeds 1 MiB".to_owned(), Vec::new()),
             ApiError::UnsupportedMediaType(why) => (why.clone(), Vec::new()),
             ApiError::Unprocessable(why) => (why.clone(), Vec::new()),
+            ApiError::LoginThrottled(seconds) => (
+                format!("too many failed logins for this account from your address, retry in {seconds} s"),
+                Vec::new(),
+            ),
             ApiError::Unavailable(_) => {
                 ("database unavailable, retry later".to_owned(), Vec::new())
             }
@@ -184,6 +193,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        if let ApiError::LoginThrottled(seconds) = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::auth::jwt::Claims;
-use crate::auth::revocation;
 use crate::error::FieldError;
 use crate::state::AppState;
 
@@ -173,36 +172,93 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
-/// `If-Match: "3"` (an item's ETag). Absent means "any version".
-pub struct IfMatch(pub Option<i32>);
+/// `If-Match` as RFC 9110 defines it: `*` (absent means the same: any version), or a list
+/// of entity tags, compared strongly. `Some(versions)`: the write goes ahead only if the
+/// item's version is one of them. A weak tag (`W/"3"`) or a tag this API never makes
+/// (`"abc"`) matches nothing, so the write answers 412; a header that is not a list of
+/// entity tags (`3`, `"3`) answers 400.
+pub struct IfMatch(pub Option<Vec<i32>>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
+        let mut values = parts
+            .headers
+            .get_all(axum::http::header::IF_MATCH)
+            .iter()
+            .peekable();
+        if values.peek().is_none() {
             return Ok(IfMatch(None));
-        };
+        }
         let invalid = || ApiError::BadRequest {
             message: "invalid If-Match header".to_owned(),
             details: vec![FieldError::new(
                 "If-Match",
-                "must be an item's ETag (its version, e.g. \"3\") or *",
+                "must be * or a list of entity tags, such as \"3\" (an item's ETag)",
             )],
         };
-        let text = value.to_str().map_err(|_| invalid())?.trim();
-        if text == "*" {
+        // Several header lines are one comma-separated list.
+        let mut joined = Vec::new();
+        for value in values {
+            if !joined.is_empty() {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(value.as_bytes());
+        }
+        if joined.trim_ascii() == b"*" {
             return Ok(IfMatch(None));
         }
-        // Weak or strong, quoted or not: the version is what is compared.
-        let text = text.strip_prefix("W/").unwrap_or(text);
-        let text = text.trim_matches('"');
-        let version: i32 = text.parse().map_err(|_| invalid())?;
-        if version < 1 {
-            return Err(invalid());
-        }
-        Ok(IfMatch(Some(version)))
+        let tags = entity_tags(&joined).ok_or_else(invalid)?;
+        // Strong comparison: only strong tags can match, and only if character for character
+        // one we make (a version in decimal, so `"+3"` and `"03"` match nothing).
+        let versions = tags
+            .into_iter()
+            .filter(|(weak, _)| !weak)
+            .filter_map(|(_, opaque)| {
+                let version = std::str::from_utf8(opaque).ok()?.parse::<i32>().ok()?;
+                (version.to_string().as_bytes() == opaque).then_some(version)
+            })
+            .collect();
+        Ok(IfMatch(Some(versions)))
     }
+}
+
+/// Parses `#entity-tag` (RFC 9110 section 8.8.3): `(weak, opaque)` for each, or `None` if
+/// the text is not such a list. Empty elements are allowed, as in every `#` list.
+fn entity_tags(mut text: &[u8]) -> Option<Vec<(bool, &[u8])>> {
+    let mut tags = Vec::new();
+    loop {
+        text = text.trim_ascii_start();
+        match text.first() {
+            None => break,
+            Some(b',') => {
+                text = &text[1..];
+                continue;
+            }
+            Some(_) => {}
+        }
+        let weak = text.starts_with(b"W/");
+        if weak {
+            text = &text[2..];
+        }
+        let rest = text.strip_prefix(b"\"")?;
+        let end = rest.iter().position(|&b| b == b'"')?;
+        let opaque = &rest[..end];
+        // etagc: %x21 / %x23-7E / obs-text
+        if !opaque
+            .iter()
+            .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+        {
+            return None;
+        }
+        tags.push((weak, opaque));
+        text = rest[end + 1..].trim_ascii_start();
+        if !(text.is_empty() || text.starts_with(b",")) {
+            return None;
+        }
+    }
+    (!tags.is_empty()).then_some(tags)
 }
 
 /// Longest accepted `Idempotency-Key`.
@@ -232,6 +288,44 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 )],
             })?;
         Ok(IdempotencyKey(Some(key.to_owned())))
+    }
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy
+/// (`TRUSTED_PROXIES`), the nearest address in `X-Forwarded-For` that is not one.
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let trusted = &state.settings.auth.trusted_proxies;
+        let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+        if !is_trusted(&peer) {
+            return Ok(ClientIp(peer));
+        }
+        // Each proxy appends the address it got the request from: read from the right,
+        // past our own proxies; what is left of them is the client's to write, unbelieved.
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let client = forwarded
+            .iter()
+            .rev()
+            .map_while(|s| s.parse::<std::net::IpAddr>().ok())
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer);
+        Ok(ClientIp(client))
     }
 }
 
@@ -291,7 +385,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let claims = verified(parts, state)?;
-        if revocation::is_revoked(&state.cache, &state.db, claims.jti).await? {
+        if state.denylist.is_revoked(&state.db, claims.jti).await? {
             return Err(ApiError::Unauthorized("token revoked".into()));
         }
         Ok(AuthUser {

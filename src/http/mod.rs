@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics_port;
 pub mod probes;
+pub mod request_id;
 
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ pub fn app(state: AppState) -> Router {
     // An instance id that is not a valid header value is simply not advertised.
     let instance = HeaderValue::from_str(&state.metrics.instance).ok();
     let middleware = ServiceBuilder::new()
+        // A client's id is kept only if short and printable (see `request_id`).
+        .map_request(|req| request_id::drop_unacceptable(&REQUEST_ID, req))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(SetResponseHeaderLayer::overriding(
             INSTANCE_ID,

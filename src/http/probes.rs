@@ -340,6 +340,11 @@ async fn health(State(state): State<AppState>, headers: HeaderMap) -> Response {
     .into_response(code)
 }
 
+/// Megabytes as gigabytes, to two decimals.
+fn gigabytes(mb: f64) -> f64 {
+    (mb / 1024.0 * 100.0).round() / 100.0
+}
+
 async fn health_detailed(State(state): State<AppState>) -> Response {
     let (snapshot, verdict) = state.verdict();
     let timestamp = now();
@@ -354,6 +359,10 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         "hostname": sysinfo::System::host_name(),
         "pid": std::process::id(),
         "cpuCount": snapshot.checks.cpu.details.cpus,
+        // The seed's names (its troubleshooting guide reads `.system.freeMemoryGB`), and
+        // finer ones beside them.
+        "totalMemoryGB": gigabytes(memory.host_total_mb),
+        "freeMemoryGB": gigabytes(memory.host_available_mb),
         "totalMemoryMB": memory.host_total_mb,
         "freeMemoryMB": memory.host_available_mb,
         "os": std::env::consts::OS,

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub cache_errors: IntCounter,
     pub cache_bypasses: IntCounter,
+    /// Logins refused (429) because their account and address failed too often.
+    pub login_throttled: IntCounter,
     pub lifecycle_phase: IntGaugeVec,
     /// Work refused by admission control or a bulkhead, by resource and reason.
     pub overload_rejections: IntCounterVec,
@@ -193,6 +195,14 @@ impl Metrics {
             &i
         ))
         .with_label_values(&[instance]);
+        let login_throttled = register!(IntCounterVec::new(
+            opts(
+                "login_throttled_total",
+                "Logins refused with 429: too many wrong passwords for the account from the client's address"
+            ),
+            &i
+        ))
+        .with_label_values(&[instance]);
         let lifecycle_phase = register!(IntGaugeVec::new(
             opts(
                 "lifecycle_phase",
@@ -269,6 +279,7 @@ impl Metrics {
             cache_misses,
             cache_errors,
             cache_bypasses,
+            login_throttled,
             lifecycle_phase,
             overload_rejections,
             permanent_errors,

@@ -9,8 +9,16 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{spawn_app, spawn_app_with, AppOptions, TestApp, JWT_SECRET};
-use crate::support::api_client::{unique_email, PASSWORD};
+use crate::support::api_client::{unique_email, Answer, PASSWORD};
 use crate::support::proxy::Mode;
+
+/// Logs `token` out on `app`, expecting 204.
+async fn logout(app: &TestApp, token: &str) {
+    let answer = app
+        .call(Method::POST, "/api/auth/logout", Some(token), None)
+        .await;
+    assert_eq!(answer.status, 204, "{}", answer.body);
+}
 
 async fn me(app: &TestApp, token: &str) -> u16 {
     app.call(Method::GET, "/api/auth/me", Some(token), None)
@@ -237,12 +245,15 @@ async fn a_token_from_one_replica_works_on_another_and_so_does_its_revocation() 
     let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
     let token = a.new_user().await;
     assert_eq!(me(&b, &token).await, 200);
-    let logout = b
-        .call(Method::POST, "/api/auth/logout", Some(&token), None)
-        .await;
-    assert_eq!(logout.status, 204);
-    assert_eq!(me(&a, &token).await, 401);
+    logout(&b, &token).await;
+    let answered = std::time::Instant::now();
+    // The replica that logged out refuses at once; the others follow within a second.
     assert_eq!(me(&b, &token).await, 401);
+    let took = refused_after(&a, &token, answered).await;
+    assert!(
+        took <= Duration::from_secs(1),
+        "refused only after {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -254,11 +265,7 @@ async fn revocation_holds_through_a_redis_outage() {
     assert_eq!(me(&app, &token).await, 200);
 
     app.redis_proxy().set_mode(Mode::Cut);
-    // Logout while Redis is unreachable: PostgreSQL keeps the revocation.
-    let logout = app
-        .call(Method::POST, "/api/auth/logout", Some(&token), None)
-        .await;
-    assert_eq!(logout.status, 204);
+    logout(&app, &token).await;
     assert_eq!(
         me(&app, &token).await,
         401,
@@ -269,34 +276,256 @@ async fn revocation_holds_through_a_redis_outage() {
         200,
         "valid tokens must keep working (no fail-closed)"
     );
-
     app.redis_proxy().set_mode(Mode::Forward);
-    // Once Redis answers again, the revocation it missed is copied back to it.
-    let claims = app.state.tokens.verify(&token).unwrap();
-    let key = format!("{}revoked:{}", app.key_prefix, claims.jti);
-    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    assert_eq!(
+        me(&app, &token).await,
+        401,
+        "revoked token accepted after Redis came back"
+    );
+    assert_eq!(me(&app, &other).await, 200);
+}
+
+/// Deletes every key of the app's prefix: what `FLUSHALL`, an eviction or a restart that
+/// lost its last writes does to it, without touching the shared Redis's other tenants.
+async fn flush_prefix(prefix: &str) {
+    let redis = redis::Client::open(format!("redis://{}", crate::helpers::REDIS_ADDR)).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert_eq!(
-            me(&app, &token).await,
-            401,
-            "revoked token accepted after Redis came back"
-        );
-        assert_eq!(me(&app, &other).await, 200);
-        let present: bool = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
             .await
             .unwrap();
-        if present && !app.state.cache.is_suspect() {
-            break;
-        }
+    }
+}
+
+#[tokio::test]
+async fn a_logout_survives_redis_losing_every_key() {
+    let a = spawn_app().await;
+    let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
+    b.wait_ready().await;
+    let token = a.new_user().await;
+    let other = a.new_user().await;
+    // Warm the cache, so Redis holds something to lose.
+    a.note(&other, "cached").await;
+    logout(&a, &token).await;
+    flush_prefix(&a.key_prefix).await;
+    // Beyond the propagation bound: the answer below is the settled one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for app in [&a, &b] {
+        assert_eq!(
+            me(app, &token).await,
+            401,
+            "a logout undone by a Redis flush"
+        );
+        assert_eq!(me(app, &other).await, 200);
+    }
+}
+
+/// Polls `me` on `app` until it answers 401, then checks it keeps doing so; returns how
+/// long after `since` the first 401 came.
+async fn refused_after(app: &TestApp, token: &str, since: std::time::Instant) -> Duration {
+    let deadline = since + Duration::from_secs(10);
+    while me(app, token).await != 401 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the denylist was never repaired"
+            "the token was never refused"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(me(&app, &token).await, 401);
+    let took = since.elapsed();
+    for _ in 0..5 {
+        assert_eq!(
+            me(app, token).await,
+            401,
+            "refused once, then accepted again"
+        );
+    }
+    took
+}
+
+#[tokio::test]
+async fn a_logout_while_redis_is_down_is_refused_everywhere_within_a_second() {
+    // A cannot reach Redis, B can: a partition, the case where B used to trust a Redis
+    // that never heard of the logout.
+    let a = spawn_app_with(AppOptions::default().proxy_redis()).await;
+    let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
+    b.wait_ready().await;
+    let token = a.new_user().await;
+    assert_eq!(me(&b, &token).await, 200);
+    a.redis_proxy().set_mode(Mode::Cut);
+    logout(&a, &token).await;
+    let answered = std::time::Instant::now();
+    for (name, app) in [("a", &a), ("b", &b)] {
+        let took = refused_after(app, &token, answered).await;
+        assert!(
+            took <= Duration::from_secs(1),
+            "replica {name} refused the token only {took:?} after the logout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_whose_commit_was_slow_is_still_followed() {
+    let a = spawn_app().await;
+    let token = a.new_user().await;
+    let claims = a.state.tokens.verify(&token).unwrap();
+    // A logout transaction that stays open while the replica polls many times: a poll that
+    // only read rows newer than the last it saw would skip it for good.
+    let mut tx = a.state.db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(claims.jti)
+        .bind(claims.sub)
+        .bind(claims.expires_at())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let other = a.new_user().await;
+    logout(&a, &other).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(me(&a, &token).await, 200, "not revoked before the commit");
+    tx.commit().await.unwrap();
+    let took = refused_after(&a, &token, std::time::Instant::now()).await;
+    assert!(
+        took <= Duration::from_secs(1),
+        "refused only after {took:?}"
+    );
+}
+
+const NEW_SECRET: &str = "a49SAJHKiyawziFCBYAC6uLMCZRmYRnLlMdYUI-LWhjjAVdp";
+
+/// A replica of `of`'s cluster with these secrets.
+async fn replica_with(of: &TestApp, secret: &str, previous: Option<&str>) -> TestApp {
+    let mut options = AppOptions::default()
+        .sharing_with(of)
+        .env("JWT_SECRET", secret);
+    if let Some(previous) = previous {
+        options = options.env("JWT_SECRET_PREVIOUS", previous);
+    }
+    let app = spawn_app_with(options).await;
+    app.wait_ready().await;
+    app
+}
+
+#[tokio::test]
+async fn a_rotated_secret_verifies_old_tokens_and_cursors_until_it_is_dropped() {
+    let old = spawn_app().await;
+    let old_token = old.new_user().await;
+    for title in ["one", "two"] {
+        old.note(&old_token, title).await;
+    }
+    let old_cursor = old.list_items(&old_token, "?limit=1").await.body["nextCursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = |cursor: &str| format!("?limit=1&cursor={cursor}");
+
+    // Step 1: old key signs, new key already verifies.
+    let step1 = replica_with(&old, JWT_SECRET, Some(NEW_SECRET)).await;
+    // Step 2: new key signs, old key still verifies.
+    let step2 = replica_with(&old, NEW_SECRET, Some(JWT_SECRET)).await;
+    let new_token = step2.new_user().await;
+    for (name, app) in [("old", &old), ("step 1", &step1), ("step 2", &step2)] {
+        assert_eq!(me(app, &old_token).await, 200, "{name}: old-key token");
+        let listed = app.list_items(&old_token, &page(&old_cursor)).await;
+        assert_eq!(listed.status, 200, "{name}: old-key cursor {}", listed.body);
+    }
+    for (name, app) in [("step 1", &step1), ("step 2", &step2)] {
+        assert_eq!(me(app, &new_token).await, 200, "{name}: new-key token");
+    }
+    // Step 3: the old key dropped; what it signed is refused.
+    let after = replica_with(&old, NEW_SECRET, None).await;
+    assert_eq!(me(&after, &new_token).await, 200);
+    assert_eq!(me(&after, &old_token).await, 401);
+    let listed = after.list_items(&new_token, &page(&old_cursor)).await;
+    assert_eq!(listed.status, 400, "an old-key cursor: {}", listed.body);
+}
+
+/// A login sent through a proxy that says the client is `client`.
+async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Answer {
+    crate::support::api_client::answer(
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("X-Forwarded-For", client)
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn failed_logins_slow_the_guessing_address_down_and_never_lock_the_owner_out() {
+    // The test client stands for a balancer on loopback.
+    let app = spawn_app_with(AppOptions::default().env("TRUSTED_PROXIES", "127.0.0.1/32")).await;
+    app.wait_ready().await;
+    let (victim, bystander) = (unique_email(), unique_email());
+    for email in [&victim, &bystander] {
+        assert_eq!(app.register(email, PASSWORD).await.status, 201);
+    }
+    let attacker = "203.0.113.7";
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            login_from(&app, attacker, &victim, "wrong password!")
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    let refused = login_from(&app, attacker, &victim, PASSWORD).await;
+    assert_eq!(
+        refused.status, 429,
+        "even the right password waits: no oracle"
+    );
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    refused.error_paths();
+
+    // The owner, from anywhere else, and the attacker's address for another account.
+    assert_eq!(
+        login_from(&app, "198.51.100.9", &victim, PASSWORD)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        login_from(&app, attacker, &bystander, PASSWORD)
+            .await
+            .status,
+        200
+    );
+    // A forged header in front of our proxy changes nothing: the proxy's entry is last.
+    let forged = login_from(
+        &app,
+        &format!("198.51.100.9, {attacker}"),
+        &victim,
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(forged.status, 429);
+    let text = app.metrics().await;
+    assert!(crate::helpers::metric_value(&text, "login_throttled_total", &[]) >= 2.0);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_header_is_ignored() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    for i in 0..5 {
+        // Each attempt claims another address: none is believed.
+        let answer = login_from(&app, &format!("203.0.113.{i}"), &email, "wrong password!").await;
+        assert_eq!(answer.status, if i < 4 { 401 } else { 429 });
+    }
+    assert_eq!(
+        login_from(&app, "198.51.100.9", &email, PASSWORD)
+            .await
+            .status,
+        429
+    );
 }

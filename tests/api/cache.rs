@@ -244,3 +244,70 @@ async fn a_redis_outage_during_traffic_fails_no_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until `app` has nothing left to repair (its start-up epoch bump included).
+async fn trusting(app: &TestApp) {
+    let trusted = cartae_harness::process::wait_until(Duration::from_secs(10), || {
+        std::future::ready(app.state.cache.trust.is_clean())
+    })
+    .await;
+    assert!(trusted, "the replica never trusted Redis");
+}
+
+#[tokio::test]
+async fn a_redis_hiccup_costs_only_the_entries_it_could_have_made_stale() {
+    let a = spawn_app_with(AppOptions::default().proxy_redis()).await;
+    let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
+    b.wait_ready().await;
+    let token = a.new_user().await;
+    let kept = a.note(&token, "kept").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = a.note(&token, "changed").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    trusting(&a).await;
+    trusting(&b).await;
+    for id in [&kept, &changed] {
+        b.get_item(&token, id).await;
+        assert_eq!(b.get_item(&token, id).await.body["version"], 1);
+    }
+
+    // On A: a failed read and a failed invalidation, then Redis is back.
+    a.redis_proxy().set_mode(Mode::Cut);
+    assert_eq!(a.get_item(&token, &kept).await.status, 200);
+    let patched = a
+        .patch_item(&token, &changed, None, &json!({"title": "v2"}))
+        .await;
+    assert_eq!(patched.status, 200);
+    a.redis_proxy().set_mode(Mode::Forward);
+    let back = Instant::now();
+
+    // A repairs on its own, with no request to prompt it: B soon reads the write.
+    while b.get_item(&token, &changed).await.body["version"] != 2 {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "the failed invalidation was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the entry no failed write touched is still cached (B filled it), on both
+    // replicas: the hiccup cost the written item's entries, not the cache.
+    trusting(&a).await;
+    for app in [&b, &a] {
+        let (hits, misses) = (
+            counter(app, "cache_hits_total").await,
+            counter(app, "cache_misses_total").await,
+        );
+        assert_eq!(app.get_item(&token, &kept).await.body["version"], 1);
+        assert_eq!(
+            counter(app, "cache_hits_total").await,
+            hits + 1.0,
+            "the hiccup emptied the cache (misses {} -> {})",
+            misses,
+            counter(app, "cache_misses_total").await
+        );
+    }
+}

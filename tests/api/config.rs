@@ -21,6 +21,13 @@ fn a_bad_value_prints_one_line_naming_the_variable_and_exits_non_zero() {
         ("LOG_FORMAT", "xml"),
         ("READY_REQUIRES", "database,kafka"),
         ("DB_LATENCY_DEGRADED_MS", "0"),
+        // The value the examples used to ship, and a guessable one: anyone could forge.
+        (
+            "JWT_SECRET",
+            "change-me-to-a-random-secret-of-at-least-32-characters",
+        ),
+        ("JWT_SECRET", "test-secret-test-secret-test-secret-0123"),
+        ("JWT_SECRET_PREVIOUS", "0123456789abcdef0123456789abcdef"),
     ] {
         let (status, output) = run_to_end(&["serve"], &env_with(&[(var, value)]));
         assert_eq!(status.code(), Some(78), "{var}={value}: {output}");

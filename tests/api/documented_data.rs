@@ -1,4 +1,5 @@
-//! Data API behaviour that docs/api.md documents: `cache_bypassed_total`, search and stats
+//! Data API behaviour that docs/api.md documents: `cache_bypassed_total` (reads of entries a
+//! failed invalidation may have left stale), search and stats
 //! freshness across replicas, `If-Match: *`, and the lifetime of an `Idempotency-Key`.
 
 use std::time::Duration;
@@ -28,6 +29,11 @@ async fn reads_while_redis_is_distrusted_count_in_cache_bypassed_total() {
         b["checks"]["redis"]["status"] == "failed"
     })
     .await;
+    // A write whose invalidation fails: its entries are suspect until the repair.
+    let patched = app
+        .patch_item(&token, id, None, &json!({"title": "written"}))
+        .await;
+    assert_eq!(patched.status, 200);
     let before = counter(&app, "cache_bypassed_total").await;
     for _ in 0..10 {
         let read = app.get_item(&token, id).await;

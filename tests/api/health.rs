@@ -97,6 +97,14 @@ async fn detailed_health_adds_system_facts_versions_and_pools() {
     assert!(body["system"]["cpuCount"].as_u64().unwrap() >= 1);
     assert!(body["system"]["totalMemoryMB"].as_f64().unwrap() > 0.0);
     assert!(body["system"]["freeMemoryMB"].as_f64().is_some());
+    // The seed's own names, which its troubleshooting guide reads.
+    let total_gb = body["system"]["totalMemoryGB"].as_f64().unwrap();
+    let total_mb = body["system"]["totalMemoryMB"].as_f64().unwrap();
+    assert!(
+        (total_gb - total_mb / 1024.0).abs() < 0.01,
+        "{total_gb} GB, {total_mb} MB"
+    );
+    assert!(body["system"]["freeMemoryGB"].as_f64().is_some());
     assert!(body["system"]["hostname"].is_string());
     assert!(body["versions"]["postgres"]
         .as_str()
@@ -137,6 +145,31 @@ async fn request_ids_are_returned_or_generated_and_the_instance_is_named() {
     let response = app.get("/live").await;
     let generated = response.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+    // An oversized, unprintable or repeated id is replaced, not echoed (nor logged).
+    let oversized = "x".repeat(129);
+    for sent in [vec![oversized.as_str()], vec!["two words"], vec!["a", "b"]] {
+        let mut request = app.client.get(app.url("/live"));
+        for id in &sent {
+            request = request.header("x-request-id", *id);
+        }
+        let response = request.send().await.unwrap();
+        let ids: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{sent:?}");
+        let echoed = ids[0].to_str().unwrap();
+        assert!(
+            uuid::Uuid::parse_str(echoed).is_ok(),
+            "{sent:?} -> {echoed}"
+        );
+    }
+    let longest = "y".repeat(128);
+    let response = app
+        .client
+        .get(app.url("/live"))
+        .header("x-request-id", &longest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], longest.as_str());
 }
 
 #[tokio::test]

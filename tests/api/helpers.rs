@@ -18,7 +18,8 @@ use crate::support::proxy::TcpProxy;
 
 pub use cartae_harness::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
 
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// Random, as a real one must be (the service refuses patterns); public, as only a test's may be.
+pub const JWT_SECRET: &str = "rjrpPtTVobHCzGx9pCv6164rAs3kdc5E4hf_h-yWkf0MqSMb";
 
 /// Settings every test starts from: loopback, free ports, frequent checks, and latency and
 /// CPU thresholds no shared 2-core machine reaches, so that "healthy" does not mean "every

@@ -63,10 +63,15 @@ async fn create_read_patch_and_delete_with_versions() {
         .await;
     assert_eq!(stale.status, 412);
     stale.error_paths();
+    // RFC 9110: If-Match compares strongly, so a weak tag never matches.
     let weak = app
         .patch_item(&token, id, Some("W/\"2\""), &json!({"title": "Renamed"}))
         .await;
-    assert_eq!(weak.status, 200);
+    assert_eq!(weak.status, 412);
+    let strong = app
+        .patch_item(&token, id, Some("\"2\""), &json!({"title": "Renamed"}))
+        .await;
+    assert_eq!(strong.status, 200);
     let unguarded = app
         .patch_item(&token, id, None, &json!({"favorite": false}))
         .await;
@@ -376,4 +381,46 @@ async fn malformed_requests_get_json_4xx() {
     .await;
     assert_eq!(bad_key.status, 400);
     assert_eq!(bad_key.error_paths(), vec!["Idempotency-Key"]);
+}
+
+#[tokio::test]
+async fn if_match_follows_rfc_9110() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "guarded").await;
+    let id = item["id"].as_str().unwrap().to_owned();
+    // (If-Match, expected status) against version 1; a 200 moves the version on by one.
+    let cases = [
+        ("W/\"1\"", 412), // weak tags never match strongly
+        ("\"+1\"", 412),  // not character for character the ETag
+        ("\"01\"", 412),
+        ("\"abc\"", 412), // a well-formed tag this API never makes
+        ("\"1", 400),     // not an entity tag
+        ("+1", 400),
+        ("1", 400),
+        ("\"1\" \"2\"", 400),  // a list needs commas
+        ("\"7\", \"1\"", 200), // a list matches if any element does
+        ("\"1\"", 412),        // now stale: the version is 2
+        ("W/\"9\", \"2\"", 200),
+        ("*", 200),
+        (" , \"4\" ,", 200), // empty list elements are allowed
+    ];
+    for (if_match, status) in cases {
+        let answer = app
+            .patch_item(&token, &id, Some(if_match), &json!({"title": if_match}))
+            .await;
+        assert_eq!(
+            answer.status, status,
+            "If-Match: {if_match} -> {}",
+            answer.body
+        );
+    }
+    // Several header lines are one list.
+    let two_lines = answer(
+        app.request(Method::DELETE, &format!("/api/items/{id}"), Some(&token))
+            .header("If-Match", "\"9\"")
+            .header("If-Match", "\"5\""),
+    )
+    .await;
+    assert_eq!(two_lines.status, 204, "{}", two_lines.body);
 }

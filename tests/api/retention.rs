@@ -24,7 +24,7 @@ async fn expired_keys_and_revocations_are_purged_and_fresh_ones_kept() {
         .unwrap();
     sqlx::query(
         "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES
-           (gen_random_uuid(), gen_random_uuid(), now() - interval '1 minute'),
+           (gen_random_uuid(), gen_random_uuid(), now() - interval '2 minutes'),
            (gen_random_uuid(), gen_random_uuid(), now() + interval '1 hour')",
     )
     .execute(&db.pool)

@@ -237,11 +237,36 @@ async fn an_idempotency_key_replays_the_first_response_and_writes_once() {
         .await;
     assert_eq!((r1.status, r2.status), (201, 201));
     assert_eq!(r1.body, r2.body);
+    // The password is not part of the fingerprint (nothing derived from it is kept): the
+    // same key with another password replays the first answer, another email is refused.
     let other_password = json!({"email": email, "password": "another password!"});
     let r3 = app
         .post_keyed(None, "/api/auth/register", &register_key, &other_password)
         .await;
-    assert_eq!(r3.status, 422);
+    assert_eq!((r3.status, &r3.body), (201, &r1.body));
+    assert_eq!(r3.header("idempotent-replayed"), Some("true"));
+    let other_email = json!({"email": crate::support::api_client::unique_email(), "password": "correct horse battery"});
+    let r4 = app
+        .post_keyed(None, "/api/auth/register", &register_key, &other_email)
+        .await;
+    assert_eq!(r4.status, 422);
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT fingerprint FROM idempotency_keys WHERE key = $1")
+            .bind(&register_key)
+            .fetch_one(&app.state.db.pool)
+            .await
+            .unwrap();
+    let email_only = {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"register\0");
+        hasher.update(json!({"email": email}).to_string().as_bytes());
+        hasher.finalize().to_vec()
+    };
+    assert_eq!(
+        stored, email_only,
+        "the fingerprint depends on more than the email"
+    );
     assert_eq!(count_items(&app).await, 1 + 1 + 1 + 2);
 }
 

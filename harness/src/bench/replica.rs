@@ -119,7 +119,11 @@ impl Replica {
                 "CACHE_KEY_PREFIX",
                 format!("bench:{}:", uuid::Uuid::new_v4().simple()),
             )
-            .env("JWT_SECRET", "bench-secret-bench-secret-bench-secret-42")
+            // Random, as the service requires; public, as only a benchmark's may be.
+            .env(
+                "JWT_SECRET",
+                "tM84HDi1oiQ3cu5cUK-e79wAmudPXLHkj2UzJHs9_k4JI0V7",
+            )
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DELAY_MS", "0")

@@ -7,10 +7,9 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
-use crate::auth::revocation;
 use crate::db::users;
 use crate::http::error::validated;
-use crate::http::extract::{AuthUser, VerifiedToken};
+use crate::http::extract::{AuthUser, ClientIp, VerifiedToken};
 use crate::http::extract::{IdempotencyKey, Json};
 use crate::http::{ApiError, ApiResult, ErrorBody};
 use crate::model::auth::{Credentials, TokenResponse, User};
@@ -45,20 +44,14 @@ pub async fn register(
     credentials.check(&mut errors);
     validated(errors)?;
     let email = credentials.normalized_email();
-    // The stored fingerprint must not become an unsalted fast hash of a password, which
-    // could be cracked offline: the password enters it keyed with the server's secret.
-    let keyed_password = {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(state.settings.auth.jwt_secret.expose().as_bytes());
-        hasher.update(credentials.password.as_bytes());
-        format!("{:x}", hasher.finalize())
-    };
+    // The fingerprint leaves the password out: it is kept for a day and backed up, and any
+    // fast derivative of a password could be cracked offline. So the same key with another
+    // password replays the first answer (docs/api.md).
     let keyed = Keyed::new(
         key,
         Scope::Anonymous,
         "register",
-        &serde_json::json!({"email": email, "password": keyed_password}),
+        &serde_json::json!({"email": email}),
     )?;
     let hash = state.passwords.hash(credentials.password).await?;
     let db = state.db.clone();
@@ -88,15 +81,27 @@ pub async fn register(
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords for this account from this address: retry after Retry-After seconds", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(client): ClientIp,
     Json(credentials): Json<Credentials>,
 ) -> ApiResult<axum::Json<TokenResponse>> {
-    let wrong = || ApiError::Unauthorized("wrong email or password".into());
     let email = credentials.normalized_email();
+    let throttle = &state.login_throttle;
+    if let Some(wait) = throttle.wait(&email, client) {
+        state.metrics.login_throttled.inc();
+        return Err(throttled(wait));
+    }
+    // A wrong password counts against this account from this address only (see
+    // `auth::throttle`), an unknown email too, so that both still look alike.
+    let wrong = || match throttle.failed(&email, client) {
+        Some(wait) => throttled(wait),
+        None => ApiError::Unauthorized("wrong email or password".into()),
+    };
     if credentials.password.chars().count() > crate::model::auth::PASSWORD_MAX
         || email.contains('\0')
     {
@@ -113,12 +118,18 @@ pub async fn login(
     {
         return Err(wrong());
     }
+    throttle.succeeded(&email, client);
     let issued = state.tokens.issue(user.id).map_err(anyhow::Error::from)?;
     tracing::info!(user = %user.id, "token issued");
     Ok(axum::Json(TokenResponse {
         token: issued.token,
         expires_at: issued.expires_at,
     }))
+}
+
+/// Whole seconds, rounded up: a client that waits as told is let through.
+fn throttled(wait: std::time::Duration) -> ApiError {
+    ApiError::LoginThrottled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
 /// Revokes the token until it expires. Logging out an already revoked token succeeds too,
@@ -136,7 +147,7 @@ pub async fn logout(
     State(state): State<AppState>,
     token: VerifiedToken,
 ) -> ApiResult<impl IntoResponse> {
-    revocation::revoke(&state.cache, &state.db, &token.0).await?;
+    state.denylist.revoke(&state.db, &token.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

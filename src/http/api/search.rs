@@ -107,7 +107,7 @@ pub async fn search(
     Query(params): Query<SearchParams>,
 ) -> ApiResult<axum::Json<SearchResults>> {
     let query = parse_search(params)?;
-    let results = cache::items::query(&state.cache, &state.db, user.id, "search", &query, async {
+    let results = cache::items::query(&state.cache, user.id, "search", &query, async {
         let hits = items::search(&state.db, user.id, &query.q, &query.tags, query.limit).await?;
         Ok::<_, sqlx::Error>(SearchResults {
             query: query.q.clone(),
@@ -138,7 +138,7 @@ pub struct Stats {
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
 pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<axum::Json<Stats>> {
-    let stats = cache::items::query(&state.cache, &state.db, user.id, "stats", &(), async {
+    let stats = cache::items::query(&state.cache, user.id, "stats", &(), async {
         let mut by_type: BTreeMap<String, i64> = ItemType::ALL
             .iter()
             .map(|t| (t.as_str().to_owned(), 0))

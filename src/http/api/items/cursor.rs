@@ -12,7 +12,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
+use crate::config::AuthSettings;
 use crate::db::items::Position;
+use crate::state::CursorKeys;
 
 /// The MAC of cursors, keyed once at start (see [`key`]); cloned per use.
 pub type CursorKey = Hmac<Sha256>;
@@ -24,6 +26,20 @@ const KEY_LABEL: &[u8] = b"cartae-database-api/items-cursor/v2";
 const TAG_LEN: usize = 16;
 /// Far longer than any cursor this module makes; longer input is not decoded at all.
 const MAX_LEN: usize = 128;
+
+/// The cursor keys of `JWT_SECRET` and, during a rotation, of `JWT_SECRET_PREVIOUS`.
+pub fn keys(auth: &AuthSettings) -> Result<CursorKeys, InvalidLength> {
+    let previous = auth.jwt_secret_previous.as_ref();
+    Ok(CursorKeys {
+        current: key(auth.jwt_secret.expose().as_bytes())?,
+        previous: previous.map(|s| key(s.expose().as_bytes())).transpose()?,
+    })
+}
+
+/// A cursor made with either key: one made before a rotation still pages on.
+pub fn decode_any(keys: &CursorKeys, cursor: &str) -> Option<Position> {
+    decode(&keys.current, cursor).or_else(|| decode(keys.previous.as_ref()?, cursor))
+}
 
 /// Derives the cursor key from the shared secret: every replica derives the same one, and
 /// changing the secret invalidates outstanding cursors.

@@ -22,7 +22,7 @@ use crate::http::extract::AuthUser;
 use crate::http::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
 use crate::http::{ApiError, ApiResult, ErrorBody};
 use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, TAG_MAX};
-use crate::state::AppState;
+use crate::state::{AppState, CursorKeys};
 
 pub const LIMIT_DEFAULT: i64 = 20;
 pub const LIMIT_MAX: i64 = 100;
@@ -135,7 +135,15 @@ pub async fn update(
     let mut errors = Vec::new();
     patch.check(&mut errors);
     validated(errors)?;
-    let updated = items::update(&state.db, &state.db.pool, user.id, id, expected, &patch).await?;
+    let updated = items::update(
+        &state.db,
+        &state.db.pool,
+        user.id,
+        id,
+        expected.as_deref(),
+        &patch,
+    )
+    .await?;
     let Some(item) = updated else {
         return Err(missing_or_stale(&state, user.id, id).await);
     };
@@ -161,7 +169,7 @@ pub async fn remove(
     Id(id): Id,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
-    if !items::delete(&state.db, &state.db.pool, user.id, id, expected).await? {
+    if !items::delete(&state.db, &state.db.pool, user.id, id, expected.as_deref()).await? {
         return Err(missing_or_stale(&state, user.id, id).await);
     }
     cache::items::invalidate(&state.cache, user.id, &[id]).await;
@@ -242,7 +250,7 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-fn parse_list(params: ListParams, key: &cursor::CursorKey) -> ApiResult<ListQuery> {
+fn parse_list(params: ListParams, keys: &CursorKeys) -> ApiResult<ListQuery> {
     let mut errors = Vec::new();
     let kind = params.kind.as_deref().and_then(|raw| {
         let kind = ItemType::parse(raw);
@@ -262,7 +270,7 @@ fn parse_list(params: ListParams, key: &cursor::CursorKey) -> ApiResult<ListQuer
     let favorite = parse_bool("favorite", params.favorite.as_deref(), &mut errors);
     let limit = parse_limit(params.limit.as_deref(), &mut errors);
     let after = params.cursor.as_deref().and_then(|c| {
-        let position = cursor::decode(key, c);
+        let position = cursor::decode_any(keys, c);
         if position.is_none() {
             errors.push(FieldError::new(
                 "cursor",
@@ -304,14 +312,14 @@ pub async fn list(
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> ApiResult<axum::Json<ItemPage>> {
-    let query = parse_list(params, &state.cursor_key)?;
+    let query = parse_list(params, &state.cursor_keys)?;
     let filter = ListFilter {
         kind: query.kind,
         tag: query.tag.clone(),
         archived: query.archived,
         favorite: query.favorite,
     };
-    let page = cache::items::query(&state.cache, &state.db, user.id, "list", &query, async {
+    let page = cache::items::query(&state.cache, user.id, "list", &query, async {
         // One more than asked tells whether another page exists.
         let mut rows =
             items::list(&state.db, user.id, &filter, query.after, query.limit + 1).await?;
@@ -319,7 +327,7 @@ pub async fn list(
         rows.truncate(query.limit as usize);
         let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
             cursor::encode(
-                &state.cursor_key,
+                &state.cursor_keys.current,
                 Position {
                     created_at: last.created_at,
                     id: last.id,
