@@ -228,6 +228,11 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed => true,
+        // A connection cut while it negotiates TLS: sqlx reads the missing answer to its
+        // SSLRequest as a zero byte and calls it a protocol error (found by the TLS drill).
+        sqlx::Error::Protocol(message) => {
+            message.starts_with("unexpected response from SSLRequest")
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 40001 serialization failure, 40P01 deadlock;
             // 53300 too many connections; 57014 statement timeout (our deadline);
@@ -293,4 +298,21 @@ pub struct PoolStats {
     pub idle: i64,
     pub waiting: i64,
     pub max: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_cut_during_tls_negotiation_is_transient() {
+        let cut = sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
+        );
+        assert!(is_transient(&cut));
+        assert!(permanent(&cut).is_none());
+        assert!(!is_transient(&sqlx::Error::Protocol(
+            "unknown message type".into()
+        )));
+    }
 }
