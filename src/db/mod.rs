@@ -391,6 +391,11 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed => true,
+        // A connection cut while it negotiates TLS: sqlx reads the missing answer to its
+        // SSLRequest as a zero byte and calls it a protocol error (found by the TLS drill).
+        sqlx::Error::Protocol(message) => {
+            message.starts_with("unexpected response from SSLRequest")
+        }
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 40001 serialization failure, 40P01 deadlock;
             // 53300 too many connections; 57014 statement timeout (our deadline);
@@ -460,7 +465,7 @@ pub struct PoolStats {
 
 #[cfg(test)]
 mod tests {
-    use super::SchemaVersions;
+    use super::*;
 
     #[test]
     fn a_newer_schema_has_unknown_versions_and_an_older_one_pending_ones() {
@@ -479,5 +484,17 @@ mod tests {
                 unknown: vec![]
             }
         );
+    }
+
+    #[test]
+    fn a_connection_cut_during_tls_negotiation_is_transient() {
+        let cut = sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
+        );
+        assert!(is_transient(&cut));
+        assert!(permanent(&cut).is_none());
+        assert!(!is_transient(&sqlx::Error::Protocol(
+            "unknown message type".into()
+        )));
     }
 }

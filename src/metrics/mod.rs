@@ -252,10 +252,11 @@ impl Metrics {
             overload_rejections.with_label_values(&[instance, resource, reason]);
         }
 
-        for dependency in ["database", "redis"] {
-            for kind in Permanent::KINDS {
-                permanent_errors.with_label_values(&[instance, dependency, kind]);
-            }
+        for kind in Permanent::KINDS {
+            permanent_errors.with_label_values(&[instance, "database", kind]);
+        }
+        for kind in ["tls", "authentication", "configuration"] {
+            permanent_errors.with_label_values(&[instance, "redis", kind]);
         }
 
         Self {
