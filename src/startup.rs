@@ -296,6 +296,8 @@ async fn prepare_schema(state: &AppState) -> anyhow::Result<()> {
             {
                 tracing::warn!(error = %e, "migrations not applied yet");
             }
+            // Neither waiting for the lock nor migrating any more: not a reason to show.
+            state.lifecycle.set_step(None);
             backoff.wait().await;
         }
     }
