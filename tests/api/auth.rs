@@ -244,6 +244,8 @@ async fn a_token_from_one_replica_works_on_another_and_so_does_its_revocation() 
     let a = spawn_app().await;
     let b = spawn_app_with(AppOptions::default().sharing_with(&a)).await;
     let token = a.new_user().await;
+    // A replica answers the API only once started; on a busy machine b may still be.
+    b.wait_ready().await;
     assert_eq!(me(&b, &token).await, 200);
     logout(&b, &token).await;
     let answered = std::time::Instant::now();
