@@ -18,6 +18,9 @@ use crate::process::{free_port, ManagedChild};
 pub const SERVER_CPU: &str = "0";
 pub const LOAD_CPU: &str = "1";
 
+/// The replicas' token secret, which the data floors verify tokens with too.
+pub const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-42";
+
 /// Pinning is only possible with `taskset` and at least two CPUs.
 pub fn can_pin() -> bool {
     have("taskset") && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
@@ -119,7 +122,7 @@ impl Replica {
                 "CACHE_KEY_PREFIX",
                 format!("bench:{}:", uuid::Uuid::new_v4().simple()),
             )
-            .env("JWT_SECRET", "bench-secret-bench-secret-bench-secret-42")
+            .env("JWT_SECRET", JWT_SECRET)
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DELAY_MS", "0")
