@@ -17,6 +17,9 @@ use crate::database::{pg_url, PG_ADDR, REDIS_ADDR};
 use crate::proxy::TcpProxy;
 
 const DATA: &str = "Data API";
+/// What the data floors are polled with until they answer: a well-formed id without a
+/// token, which they answer 401 (a malformed id would be refused 400 before the check).
+const PROBE: &str = "/api/items/00000000-0000-0000-0000-000000000000";
 /// Added to every response from Redis and PostgreSQL in the "between hosts" runs.
 const ADDED_LATENCY: Duration = Duration::from_millis(1);
 
@@ -129,7 +132,7 @@ async fn run_miss_floor(
     bodies: bool,
 ) -> anyhow::Result<(Stats, Vec<String>)> {
     let (_floor, port, _) = bench
-        .floor_server(&["miss", database_url, JWT_SECRET], "/api/items/x", 401)
+        .floor_server(&["miss", database_url, JWT_SECRET], PROBE, 401)
         .await?;
     let base = format!("http://127.0.0.1:{port}");
     let mut entries = Vec::new();
@@ -159,7 +162,7 @@ async fn run_hit_floor(
     prefix: &str,
 ) -> anyhow::Result<Stats> {
     let (_floor, port, _) = bench
-        .floor_server(&[kind, redis_url, prefix, JWT_SECRET], "/api/items/x", 401)
+        .floor_server(&[kind, redis_url, prefix, JWT_SECRET], PROBE, 401)
         .await?;
     let base = format!("http://127.0.0.1:{port}");
     bench
