@@ -16,8 +16,11 @@
 //! - a missing epoch or generation (first use, eviction under `maxmemory`, expiry) is
 //!   re-created with a random value, so a re-created counter never matches an old stamp.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisResult};
 use uuid::Uuid;
 
 use super::Cache;
@@ -36,6 +39,49 @@ if not generation then
 end
 return {epoch, generation, redis.call('GET', KEYS[3])}
 ";
+
+/// The script's SHA1 as Redis reported it on the first `SCRIPT LOAD`. Lookups run the script
+/// by this digest (`EVALSHA`) instead of sending its text on every read. The digest of a
+/// given text never changes, so it is loaded once per process; a Redis that lost its
+/// script cache (a restart, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the lookup loads the
+/// script again and retries, within the same timeout.
+static LOOKUP_SHA: OnceLock<String> = OnceLock::new();
+
+async fn load_lookup_script<C: ConnectionLike>(conn: &mut C) -> RedisResult<&'static str> {
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(LOOKUP_SCRIPT)
+        .query_async(conn)
+        .await?;
+    Ok(LOOKUP_SHA.get_or_init(|| sha))
+}
+
+type Found = (String, String, Option<String>);
+
+/// Runs the lookup script by digest, loading it first when Redis does not have it.
+async fn run_lookup<C: ConnectionLike>(conn: &mut C, keys: &[String; 3]) -> RedisResult<Found> {
+    let evalsha = |sha: &str| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(3)
+            .arg(keys)
+            .arg(random_counter())
+            .arg(random_counter())
+            .arg(GENERATION_TTL.as_millis() as u64);
+        cmd
+    };
+    let sha = match LOOKUP_SHA.get() {
+        Some(sha) => sha,
+        None => load_lookup_script(conn).await?,
+    };
+    match evalsha(sha).query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            let sha = load_lookup_script(conn).await?;
+            evalsha(sha).query_async(conn).await
+        }
+        found => found,
+    }
+}
 
 /// The counters an entry was read under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,17 +136,7 @@ pub async fn get(cache: &Cache, generation: &str, key: &str) -> Lookup {
     }
     let keys = [epoch_key(cache), generation.to_owned(), key.to_owned()];
     let found = cache
-        .run(|mut conn| async move {
-            redis::cmd("EVAL")
-                .arg(LOOKUP_SCRIPT)
-                .arg(3)
-                .arg(&keys)
-                .arg(random_counter())
-                .arg(random_counter())
-                .arg(GENERATION_TTL.as_millis() as u64)
-                .query_async::<(String, String, Option<String>)>(&mut conn)
-                .await
-        })
+        .run(|mut conn| async move { run_lookup(&mut conn, &keys).await })
         .await;
     let Ok((epoch, generation, entry)) = found else {
         return Lookup::Unavailable;

@@ -11,7 +11,7 @@ pub mod revocations;
 pub mod users;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -172,6 +172,64 @@ pub struct Database {
     in_flight: Arc<AtomicI64>,
     /// `SHOW server_version`, read once after migrations for `/health/detailed`.
     server_version: Arc<OnceLock<String>>,
+    /// When the health check last failed; see [`StaleAfterOutage`].
+    outages: StaleAfterOutage,
+}
+
+/// Records a failed check when dropped unanswered: also when the check's timeout drops it.
+struct FailedCheck<'a>(Option<&'a StaleAfterOutage>);
+
+impl Drop for FailedCheck<'_> {
+    fn drop(&mut self) {
+        if let Some(outages) = self.0 {
+            outages.record_failure();
+        }
+    }
+}
+
+/// Which idle connections may have died in an outage.
+///
+/// Connections are not pinged before every query: on loopback that is a round trip of
+/// tens of microseconds, between availability zones up to a millisecond, on every query.
+/// A connection that breaks while in use fails its query (a 503, see [`is_transient`])
+/// and sqlx's own test on release evicts it. What that leaves is a connection that sat
+/// idle in the pool through an outage or a restart: it looks fine until its first query.
+/// So a connection idle since before the health check last failed is pinged once before
+/// it is handed out; every other connection is used as it is. A restart quicker than one
+/// check round goes unseen: its stale connections then cost one 503 each, never a 500.
+#[derive(Clone)]
+struct StaleAfterOutage {
+    since: Instant,
+    /// Milliseconds after `since` of the last failed check; 0 for never.
+    failed_at_ms: Arc<AtomicU64>,
+}
+
+impl StaleAfterOutage {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            failed_at_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn record_failure(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.failed_at_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// True for a connection that went idle before the last failed check.
+    fn may_be_stale(&self, idle_for: Duration) -> bool {
+        match self.failed_at_ms.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let since_failure = self
+                    .since
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at));
+                idle_for >= since_failure
+            }
+        }
+    }
 }
 
 /// Decrements the in-flight count even if the query future is dropped mid-way.
@@ -186,7 +244,7 @@ impl Drop for InFlightQuery<'_> {
 impl Database {
     /// Creates the pool without connecting: the service must start, and answer `/live`,
     /// even while PostgreSQL is still coming up. Connections are made on first use, and
-    /// re-made after an outage (each is tested before it is handed out).
+    /// re-made after an outage (see [`StaleAfterOutage`] for which are tested first).
     ///
     /// Request connections carry `statement_timeout` (the request deadline), so PostgreSQL
     /// itself stops a query whose request has been answered 503 already.
@@ -202,12 +260,24 @@ impl Database {
                 .clone()
                 .options([("statement_timeout", ms.as_str())])
         };
+        let outages = StaleAfterOutage::new();
+        let stale = outages.clone();
         let pool = PgPoolOptions::new()
             .min_connections(settings.pool_min)
             .max_connections(settings.pool_max)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Duration::from_secs(300))
-            .test_before_acquire(true)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                let ping = stale.may_be_stale(meta.idle_for);
+                Box::pin(async move {
+                    if ping {
+                        // An error closes the connection; the pool then opens another.
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(with_timeout(settings.statement_timeout));
         // No test before acquire: the check's own query is the test, and a connection it
         // finds broken is closed (see `ping`) so the next round opens a fresh one.
@@ -231,6 +301,7 @@ impl Database {
             metrics,
             in_flight: Arc::new(AtomicI64::new(0)),
             server_version: Arc::new(OnceLock::new()),
+            outages,
         }
     }
 
@@ -256,7 +327,10 @@ impl Database {
     }
 
     /// The health check's round trip: one `SELECT 1` on the check's own connection.
+    /// A check that fails, or is dropped at its timeout, marks the idle request
+    /// connections as possibly stale (see [`StaleAfterOutage`]).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let mut unanswered = FailedCheck(Some(&self.outages));
         let result = self
             .timed("health_check", async {
                 let mut conn = self.health_pool.acquire().await?;
@@ -264,6 +338,8 @@ impl Database {
                 if result.is_err() {
                     // Possibly broken: never hand it to the next round.
                     let _ = conn.close().await;
+                } else {
+                    unanswered.0 = None;
                 }
                 result.map(|_| ())
             })

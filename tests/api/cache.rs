@@ -311,3 +311,60 @@ async fn a_redis_hiccup_costs_only_the_entries_it_could_have_made_stale() {
         );
     }
 }
+
+/// Cache lookups run their script by digest (`EVALSHA`). A Redis that lost its scripts (a
+/// restart, `SCRIPT FLUSH`) answers `NOSCRIPT`: the lookup loads the script again and
+/// still hits, without a failed request or a counted cache error. On a private Redis, so
+/// that flushing scripts touches no other test.
+#[tokio::test]
+async fn a_redis_that_lost_the_lookup_script_is_given_it_again() {
+    let dir = crate::support::process::TempDir::new();
+    let port = cartae_harness::process::free_port();
+    let mut command = std::process::Command::new("redis-server");
+    command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    command.arg("--port").arg(port.to_string());
+    let _redis = cartae_harness::process::ManagedChild::spawn(
+        "redis",
+        command,
+        dir.path().join("redis.log"),
+    )
+    .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(conn) => break conn,
+            Err(e) => assert!(Instant::now() < deadline, "private redis: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let app = spawn_app_with(AppOptions::default().env("REDIS_URL", &url)).await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let id = app.note(&token, "scripted").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.get_item(&token, &id).await;
+    let hits = counter(&app, "cache_hits_total").await;
+    assert_eq!(app.get_item(&token, &id).await.status, 200);
+    assert_eq!(counter(&app, "cache_hits_total").await, hits + 1.0);
+
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = app.get_item(&token, &id).await;
+    assert_eq!(
+        (read.status, &read.body["title"]),
+        (200, &json!("scripted"))
+    );
+    assert_eq!(
+        counter(&app, "cache_hits_total").await,
+        hits + 2.0,
+        "the lookup after SCRIPT FLUSH still hits"
+    );
+    assert_eq!(counter(&app, "cache_errors_total").await, 0.0);
+}

@@ -93,3 +93,46 @@ async fn ready_requires_restores_the_strict_rule_for_redis() {
     app.within_a_round(|_, v| v.ready()).await;
     assert_eq!(app.get_json("/ready").await.0, 200);
 }
+
+/// Request connections are not pinged before every query. The ones left idle in the pool
+/// through an outage are dead (the proxy's cut closes them, as a restart would); once the
+/// replica is ready again, no request may fail on one of them.
+#[tokio::test]
+async fn after_a_postgres_outage_no_request_fails_on_a_stale_connection() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .proxy_postgres()
+            // Every read goes to PostgreSQL.
+            .env("CACHE_ITEM_TTL_MS", "1"),
+    )
+    .await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let id = app.note(&token, "kept").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let burst = || futures::future::join_all((0..8).map(|_| app.get_item(&token, &id)));
+    // Several connections open and idle in the pool.
+    for read in burst().await {
+        assert_eq!(read.status, 200, "{}", read.body);
+    }
+
+    app.pg_proxy().set_mode(Mode::Cut);
+    app.within_failure_threshold(|_, v| !v.ready()).await;
+    app.pg_proxy().set_mode(Mode::Forward);
+    app.within_a_round(|_, v| v.ready()).await;
+
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        for read in burst().await {
+            if read.status != 200 {
+                failed.push(format!("{} {}", read.status, read.body));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "requests failed after recovery: {failed:#?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 
+use super::floors::{ItemReads, Service};
 use super::replica::{rss_mib, RssPeak};
 use super::table::{ms, thousands, Figure};
 use super::wrk::{gets, Load, Request, Stats};
@@ -90,6 +91,7 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let (down_replica, _) = bench.replica(&down_spec).await?;
     let down = bench.cycle(&down_replica.url(""), &reads, &auth, c).await?;
     drop(down_replica);
+    drop(cut);
 
     let rps = |s: &Stats| format!("{} req/s, p99 {} ms", thousands(s.rps), ms(s.p99_ms));
     bench.figures.push(
@@ -139,6 +141,23 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .baseline(format!("cache off: {}", rps(&search_off)))
         .ratio(search_on.rps / search_off.rps),
     );
+    let items = ItemReads {
+        database: &database.name,
+        ids: &workload.item_ids,
+        reads: &reads,
+        auth: &auth,
+    };
+    let service = Service {
+        hit: &hit,
+        off: &off,
+    };
+    if let Err(e) = super::floors::run(bench, &items, service).await {
+        bench.figures.push(Figure::missing(
+            DATA,
+            "the item read path against its floors",
+            format!("{e:#}"),
+        ));
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 //! - `probes`: probe cost against the floor server, PostgreSQL round trips per `/health`;
 //! - `footprint`: binary size, start-up time, resident memory idle and under load;
 //! - `data_api`: item reads (cache hit, cache off, Redis down), writes, list and search;
+//!   `floors`: the item reads against their floor servers, and with 1 ms added to every
+//!   Redis and PostgreSQL round trip;
 //! - `scaling`: list and search latency as a user's items grow, keyset against OFFSET;
 //! - `load_balancer`: three replicas behind Traefik against one direct.
 //!
@@ -21,6 +23,7 @@
 //! also when a step fails.
 
 mod data_api;
+mod floors;
 mod footprint;
 mod load_balancer;
 mod probes;
@@ -222,23 +225,40 @@ impl Bench {
 
     /// The floor server, pinned like the replicas, answering `body` on `/live`.
     async fn floor(&self, body: &str) -> anyhow::Result<(ManagedChild, u16, Duration)> {
+        self.floor_server(&["live", body], "/live", 200).await
+    }
+
+    /// A floor server (`floor::main`'s `kind <port> args…`), pinned like the replicas;
+    /// returns once `probe` answers `up` (a data floor answers 401 to a request without a
+    /// token).
+    async fn floor_server(
+        &self,
+        kind_and_args: &[&str],
+        probe: &str,
+        up: u16,
+    ) -> anyhow::Result<(ManagedChild, u16, Duration)> {
         let port = free_port();
         let exe = std::env::current_exe()?;
         let mut command = pinned(&exe, Some(SERVER_CPU));
-        command.arg("--floor").arg(port.to_string()).arg(body);
+        command
+            .arg("--floor")
+            .arg(kind_and_args[0])
+            .arg(port.to_string())
+            .args(&kind_and_args[1..]);
         let spawned = Instant::now();
-        let child = ManagedChild::spawn("floor", command, self.scratch.join("floor.log"))?;
-        let url = format!("http://127.0.0.1:{port}/live");
+        let log = self.scratch.join(format!("floor-{}.log", kind_and_args[0]));
+        let child = ManagedChild::spawn("floor", command, log)?;
+        let url = format!("http://127.0.0.1:{port}{probe}");
         let client = &self.client;
         // Polled every 2 ms, as the replicas' /ready is, so both start-up times compare.
         while spawned.elapsed() < Duration::from_secs(10) {
-            let up = client
+            let answered = client
                 .get(&url)
                 .timeout(Duration::from_millis(500))
                 .send()
                 .await
-                .is_ok_and(|r| r.status() == 200);
-            if up {
+                .is_ok_and(|r| r.status() == up);
+            if answered {
                 return Ok((child, port, spawned.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

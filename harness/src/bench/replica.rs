@@ -18,6 +18,10 @@ use crate::process::{free_port, ManagedChild};
 pub const SERVER_CPU: &str = "0";
 pub const LOAD_CPU: &str = "1";
 
+/// The replicas' token secret, which the data floors verify tokens with too.
+/// Random, as the service requires; public, as only a benchmark's may be.
+pub const JWT_SECRET: &str = "tM84HDi1oiQ3cu5cUK-e79wAmudPXLHkj2UzJHs9_k4JI0V7";
+
 /// Pinning is only possible with `taskset` and at least two CPUs.
 pub fn can_pin() -> bool {
     have("taskset") && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
@@ -119,11 +123,7 @@ impl Replica {
                 "CACHE_KEY_PREFIX",
                 format!("bench:{}:", uuid::Uuid::new_v4().simple()),
             )
-            // Random, as the service requires; public, as only a benchmark's may be.
-            .env(
-                "JWT_SECRET",
-                "tM84HDi1oiQ3cu5cUK-e79wAmudPXLHkj2UzJHs9_k4JI0V7",
-            )
+            .env("JWT_SECRET", JWT_SECRET)
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
             .env("DRAIN_DELAY_MS", "0")

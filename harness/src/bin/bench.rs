@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use cartae_harness::bench::{run, Options};
 
 fn arg(name: &str) -> Option<String> {
@@ -25,8 +24,7 @@ fn flag(name: &str) -> bool {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--floor") {
-        let port = args.get(2).context("--floor <port> <body>")?.parse()?;
-        return cartae_harness::floor::serve(port, args.get(3).cloned().unwrap_or_default());
+        return cartae_harness::floor::main(&args[2..]);
     }
     let options = Options {
         smoke: flag("--smoke"),

@@ -1,11 +1,9 @@
-//! The floor server on its own: `floor-server <port> <body>`. The bench binary runs the
-//! same code as `bench --floor <port> <body>`, so that one `cargo run` builds everything.
+//! The floor servers on their own: `floor-server [live] <port> <body>`, `floor-server hit
+//! <port> <redis-url> <key-prefix> <jwt-secret>`, `floor-server miss <port> <database-url>
+//! <jwt-secret>` (see `cartae_harness::floor`). The bench binary runs the same code as
+//! `bench --floor …`, so that one `cargo run` builds everything.
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let port: u16 = args
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: floor-server <port> <body>"))?
-        .parse()?;
-    cartae_harness::floor::serve(port, args.next().unwrap_or_default())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    cartae_harness::floor::main(&args)
 }
