@@ -105,6 +105,12 @@ pub struct OverloadSettings {
     pub request_timeout: Duration,
 }
 
+/// PostgreSQL's `statement_timeout` runs this much past the request deadline: the two
+/// timers would otherwise race, and a query PostgreSQL cancelled first answers as a
+/// cancelled query instead of the deadline. The service answers at its deadline, and
+/// PostgreSQL ends the abandoned query just after.
+pub const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub connect: PgConnectOptions,
@@ -112,7 +118,8 @@ pub struct DatabaseSettings {
     pub pool_max: u32,
     /// How long a query waits for a pooled connection before a 503.
     pub acquire_timeout: Duration,
-    /// PostgreSQL's `statement_timeout` on request connections: the request deadline.
+    /// PostgreSQL's `statement_timeout` on request connections: the request deadline plus
+    /// [`STATEMENT_TIMEOUT_MARGIN`].
     pub statement_timeout: Duration,
 }
 
@@ -798,7 +805,7 @@ impl Settings {
         let database = database(src)?;
         let overload = overload(src, &database)?;
         let database = DatabaseSettings {
-            statement_timeout: overload.request_timeout,
+            statement_timeout: overload.request_timeout + STATEMENT_TIMEOUT_MARGIN,
             ..database
         };
         if database.acquire_timeout > overload.request_timeout {

@@ -29,7 +29,7 @@ pub async fn admit(
         }
     };
     // Dropping the handler at the deadline cancels its work here; PostgreSQL's own
-    // statement_timeout (the same value) cancels the query on the server side.
+    // statement_timeout (250 ms later) cancels the query on the server side.
     match tokio::time::timeout(state.settings.overload.request_timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -184,7 +184,7 @@ async fn a_request_past_its_deadline_gets_503_and_postgresql_cancels_its_query()
         ),
         1.0
     );
-    // statement_timeout (the same deadline) ended the query inside PostgreSQL too: nothing
+    // statement_timeout (just past the deadline) ended the query inside PostgreSQL too: nothing
     // of the app still waits on the lock.
     let cancelled = until_blocked(&app, |n| n == 0).await;
     assert!(cancelled, "the query outlived its request");
