@@ -29,8 +29,16 @@ const HASH_MEMORY_KIB: u64 = 19_456;
 /// (an email lookup, a token signed) and the allocator's bookkeeping around each Argon2
 /// block: half a hash, so that a single hash beyond the bulkhead's still fails the row.
 const SLACK_KIB: u64 = HASH_MEMORY_KIB / 2;
-/// Bound on `/live`'s p99 during the storm (see the row's notes).
+/// Bound on `/live`'s p99 during the storm, when the same waves without hashing leave it
+/// lower (see the row's notes).
 const LIVE_P99_MS: f64 = 50.0;
+/// Otherwise `/live`'s p99 may reach this multiple of its p99 under the same waves
+/// without hashing: what the row guards is that hashing (on the blocking pool, within the
+/// bulkhead) never starves the async workers that answer probes. 300 connections at
+/// once cost the probes their share of two cores whether or not anything is hashed, and
+/// how much varies from machine to machine (measured: 15 ms on one, 65-130 ms on another
+/// with the same binaries), so the baseline is measured in the same run.
+const LIVE_P99_OVER_BASELINE: f64 = 1.5;
 /// One login in ten carries the drill user's real credentials.
 const VALID_EVERY: usize = 10;
 
@@ -87,9 +95,12 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
         ));
     }
     let live_p99 = quantile(&storm.live_ms, 0.99);
-    if live_p99 > LIVE_P99_MS {
+    let baseline_live_p99 = quantile(&unhashed.live_ms, 0.99);
+    let live_bound = LIVE_P99_MS.max(LIVE_P99_OVER_BASELINE * baseline_live_p99);
+    if live_p99 > live_bound {
         r.problems.push(format!(
-            "/live p99 {live_p99:.1} ms over {} probes, expected under {LIVE_P99_MS} ms",
+            "/live p99 {live_p99:.1} ms over {} probes, expected under {live_bound:.1} ms \
+             (the larger of {LIVE_P99_MS} ms and {LIVE_P99_OVER_BASELINE} x {baseline_live_p99:.1} ms without hashing)",
             storm.live_ms.len()
         ));
     }
@@ -117,7 +128,7 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
          default Argon2 cost (19 MiB, 2 passes); peak RSS {:.1} MiB against the bound {:.1} MiB \
          (baseline {:.1}, the peak under the same waves without hashing, + {concurrency} x 19 MiB \
          + half a hash of slack); \
-         /live p99 {live_p99:.1} ms over {} probes (without hashing {:.1} ms)",
+         /live p99 {live_p99:.1} ms over {} probes (without hashing {baseline_live_p99:.1} ms; bound {live_bound:.1} ms)",
         outcomes.len(),
         instance.name,
         count(200),
@@ -128,7 +139,6 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
         mib(bound),
         mib(baseline),
         storm.live_ms.len(),
-        quantile(&unhashed.live_ms, 0.99)
     );
     Ok(r)
 }
