@@ -76,7 +76,7 @@ counted() {
     HOST=127.0.0.1 callgrind_control -z "$pid" >/dev/null 2>&1
     "$@"
     HOST=127.0.0.1 callgrind_control -d "$pid" >/dev/null 2>&1
-    awk '/^(summary|totals):/ {print $2; exit}' "$(ls "$dir"/cg.out.* | sort -V | tail -1)"
+    awk '/^(summary|totals):/ {print $2; exit}' "$(find "$dir" -maxdepth 1 -name 'cg.out.*' | sort -V | tail -1)"
 }
 load() { wrk -t1 -c4 -d"${secs}s" "${header[@]}" "$url" >"$dir/wrk.txt"; }
 wrk -t1 -c4 -d2s "${header[@]}" "$url" >/dev/null
