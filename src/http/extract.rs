@@ -15,6 +15,9 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::Required;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -172,6 +175,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// Documents the segment as [`Id`] parses it.
+impl utoipa::IntoParams for Id {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![ParameterBuilder::new()
+            .name("id")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+            ))
+            .build()]
+    }
+}
+
 /// `If-Match` as RFC 9110 defines it: `*` (absent means the same: any version), or a list
 /// of entity tags, compared strongly. `Some(versions)`: the write goes ahead only if the
 /// item's version is one of them. A weak tag (`W/"3"`) or a tag this API never makes
@@ -261,6 +280,60 @@ fn entity_tags(mut text: &[u8]) -> Option<Vec<(bool, &[u8])>> {
     (!tags.is_empty()).then_some(tags)
 }
 
+/// One `#entity-tag` list element as [`entity_tags`] reads it (ECMA-262 and `regex` alike).
+const ENTITY_TAG: &str = r#"(?:W/)?"[!#-~\u0080-\u00FF]*""#;
+
+/// A parameter of the OpenAPI document, for the `IntoParams` written by hand: where
+/// utoipa's derive takes a computed schema (`schema_with`), it drops `required` and the
+/// description.
+pub fn param(
+    name: &str,
+    at: ParameterIn,
+    required: bool,
+    description: &str,
+    schema: impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+) -> Parameter {
+    let required = if required {
+        Required::True
+    } else {
+        Required::False
+    };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(at)
+        .required(required)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// An optional header with a string schema.
+fn header_param(name: &str, description: &str, schema: ObjectBuilder) -> Parameter {
+    param(
+        name,
+        ParameterIn::Header,
+        false,
+        description,
+        schema.schema_type(Type::String),
+    )
+}
+
+/// Documents the header exactly as [`entity_tags`] parses it.
+impl utoipa::IntoParams for IfMatch {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let pattern = format!(
+            r"^(?:[ \t]*\*[ \t]*|[ \t,]*{ENTITY_TAG}(?:[ \t]*,[ \t,]*{ENTITY_TAG})*[ \t,]*)$"
+        );
+        vec![header_param(
+            "If-Match",
+            "`*`, or a list of ETags read earlier (`\"3\"`), compared strongly (RFC 9110): \
+             the write goes ahead only if the item's ETag is listed, else 412. A weak tag \
+             matches nothing. A header that is not such a list is a 400",
+            ObjectBuilder::new().pattern(Some(pattern)),
+        )]
+    }
+}
+
 /// Longest accepted `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 
@@ -288,6 +361,21 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 )],
             })?;
         Ok(IdempotencyKey(Some(key.to_owned())))
+    }
+}
+
+/// Documents the header exactly as the extractor checks it.
+impl utoipa::IntoParams for IdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![header_param(
+            "Idempotency-Key",
+            "Replays the first response on retry (with `Idempotent-Replayed: true`); \
+             reusing a key for another request is a 422. A UUID is a good choice",
+            ObjectBuilder::new()
+                .min_length(Some(1))
+                .max_length(Some(IDEMPOTENCY_KEY_MAX))
+                .pattern(Some("^[!-~]+$")),
+        )]
     }
 }
 

@@ -17,7 +17,8 @@ pub const PASSWORD_MAX: usize = 128;
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    #[schema(example = "ada@example.com")]
+    /// Compared case-insensitively; surrounding white space is ignored.
+    #[schema(example = "ada@example.com", schema_with = super::schema::email)]
     pub email: String,
     #[schema(
         example = "correct horse battery staple",

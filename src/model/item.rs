@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::check_text;
+use super::schema;
+pub use super::schema::SourcedItem;
 use crate::error::FieldError;
 
 pub const TITLE_MAX: usize = 500;
@@ -76,11 +78,12 @@ impl TryFrom<String> for ItemType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
-    #[schema(example = "gmail")]
+    #[schema(example = "gmail", schema_with = schema::source_field)]
     pub connector: String,
-    #[schema(example = "msg-18c2f")]
+    #[schema(example = "msg-18c2f", schema_with = schema::source_field)]
     pub source_id: String,
     #[serde(default)]
+    #[schema(schema_with = schema::nullable_url)]
     pub url: Option<String>,
 }
 
@@ -118,16 +121,16 @@ impl Item {
 pub struct NewItem {
     #[serde(rename = "type")]
     pub kind: ItemType,
-    #[schema(max_length = 500, min_length = 1)]
+    #[schema(schema_with = schema::title)]
     pub title: String,
     #[serde(default)]
+    #[schema(schema_with = schema::content)]
     pub content: String,
     #[serde(default)]
-    #[schema(max_items = 50)]
+    #[schema(schema_with = schema::tag_list)]
     pub tags: Vec<String>,
-    /// Any JSON object.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = schema::metadata)]
     pub metadata: Map<String, Value>,
     #[serde(default)]
     pub source: Option<Source>,
@@ -137,19 +140,30 @@ pub struct NewItem {
     pub favorite: bool,
 }
 
-/// The body of `PATCH /api/items/{id}`: only the fields present change.
+/// The body of `PATCH /api/items/{id}`: only the fields present change, at least one.
+///
+/// The document does not offer `null`: the service takes it as absent, so a body of nulls
+/// alone is a 422 ("nothing to update"), a rule no schema of nullable fields could state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schema(min_properties = 1)]
 pub struct ItemPatch {
     #[serde(rename = "type")]
+    #[schema(schema_with = schema::item_type)]
     pub kind: Option<ItemType>,
+    #[schema(schema_with = schema::title)]
     pub title: Option<String>,
+    #[schema(schema_with = schema::content)]
     pub content: Option<String>,
+    #[schema(schema_with = schema::tag_list)]
     pub tags: Option<Vec<String>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = schema::metadata)]
     pub metadata: Option<Map<String, Value>>,
+    #[schema(schema_with = schema::source)]
     pub source: Option<Source>,
+    #[schema(schema_with = schema::boolean)]
     pub archived: Option<bool>,
+    #[schema(schema_with = schema::boolean)]
     pub favorite: Option<bool>,
 }
 
@@ -157,7 +171,9 @@ pub struct ItemPatch {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Batch {
-    /// 1 to 1,000 upserts; each needs a `source`.
+    /// 1 to 1,000 upserts; each needs a `source`, and no two may have the same
+    /// `connector` and `sourceId` (422).
+    #[schema(value_type = Vec<SourcedItem>, min_items = 1, max_items = 1000)]
     pub items: Vec<NewItem>,
 }
 

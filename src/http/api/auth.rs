@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
+use super::responses::{AuthErrors, BodyErrors, ServerErrors};
 use crate::db::users;
 use crate::http::error::validated;
 use crate::http::extract::{AuthUser, ClientIp, VerifiedToken};
@@ -27,11 +28,12 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
     request_body = Credentials,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response on retry")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Created", body = User),
+        BodyErrors, ServerErrors,
         (status = 409, description = "Email already registered", body = ErrorBody),
-        (status = 422, description = "Invalid email or password", body = ErrorBody),
+        (status = 422, description = "Invalid email or password, or an Idempotency-Key already used with another email", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -80,8 +82,10 @@ pub async fn register(
     request_body = Credentials,
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse),
-        (status = 401, description = "Wrong email or password", body = ErrorBody),
-        (status = 429, description = "Too many wrong passwords for this account from this address: retry after Retry-After seconds", body = ErrorBody),
+        BodyErrors, ServerErrors,
+        (status = 401, description = "Wrong email or password (a body that breaks the schema's email or password rules is a wrong password too)", body = ErrorBody),
+        (status = 429, description = "Too many wrong passwords for this account from this address: retry after Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until this address may try this account again"))),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -139,7 +143,7 @@ fn throttled(wait: std::time::Duration) -> ApiError {
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        AuthErrors, ServerErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %token.0.sub))]
@@ -157,7 +161,7 @@ pub async fn logout(
     security(("bearer" = [])),
     responses(
         (status = 200, body = User),
-        (status = 401, body = ErrorBody),
+        AuthErrors, ServerErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]

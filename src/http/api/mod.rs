@@ -5,6 +5,7 @@ pub mod auth;
 pub mod idempotency;
 pub mod items;
 pub mod openapi;
+pub mod responses;
 pub mod search;
 
 use std::sync::Arc;

@@ -31,7 +31,11 @@ use crate::state::AppState;
         super::search::stats,
         openapi_json,
     ),
-    components(schemas(crate::http::ErrorBody, crate::error::FieldError)),
+    components(schemas(
+        crate::http::ErrorBody,
+        crate::error::FieldError,
+        crate::model::schema::JsonValue,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Accounts and tokens"),
@@ -63,7 +67,10 @@ pub fn router() -> Router<AppState> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3 document")))]
+#[utoipa::path(
+    get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3 document"), super::responses::ServerErrors)
+)]
 pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }

@@ -9,15 +9,18 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::items::{parse_limit, parse_tag};
+use super::responses::{AuthErrors, ParamErrors, ServerErrors};
 use crate::cache;
 use crate::db::items;
 use crate::error::FieldError;
 use crate::http::extract::AuthUser;
-use crate::http::extract::Query;
-use crate::http::{ApiError, ApiResult, ErrorBody};
+use crate::http::extract::{param, Query};
+use crate::http::{ApiError, ApiResult};
 use crate::model::check_text;
 use crate::model::item::{Item, ItemType, TAGS_MAX};
+use crate::model::schema;
 use crate::state::AppState;
+use utoipa::openapi::path::{Parameter, ParameterIn};
 
 pub const QUERY_MAX: usize = 500;
 
@@ -27,17 +30,41 @@ pub fn router() -> Router<AppState> {
         .route("/stats", get(stats))
 }
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
+/// Query parameters of `GET /api/search`, as sent: each is parsed and reported on its own.
+#[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {
-    /// Words to find; quotes, `or` and `-word` work as in a web search engine.
-    #[param(required = true)]
     q: Option<String>,
-    /// Comma-separated tags every result must carry.
     tags: Option<String>,
-    /// 1 to 100, default 20.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+}
+
+impl IntoParams for SearchParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            param(
+                "q",
+                ParameterIn::Query,
+                true,
+                "Words to find; quotes, `or` and `-word` work as in a web search engine",
+                schema::text(QUERY_MAX, false),
+            ),
+            param(
+                "tags",
+                ParameterIn::Query,
+                false,
+                "Comma-separated tags every result must carry: at most 50, each at most 64 \
+                 characters (blank ones are ignored)",
+                schema::tag_filter(),
+            ),
+            param(
+                "limit",
+                ParameterIn::Query,
+                false,
+                "1 to 100, default 20",
+                super::items::limit_schema(),
+            ),
+        ]
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -97,7 +124,7 @@ fn parse_search(params: SearchParams) -> ApiResult<SearchQuery> {
     params(SearchParams),
     responses(
         (status = 200, body = SearchResults),
-        (status = 400, description = "Missing q, bad tags or limit", body = ErrorBody),
+        ParamErrors, AuthErrors, ServerErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
@@ -134,7 +161,7 @@ pub struct Stats {
 #[utoipa::path(
     get, path = "/api/stats", tag = "search",
     security(("bearer" = [])),
-    responses((status = 200, body = Stats), (status = 401, body = ErrorBody))
+    responses((status = 200, body = Stats), AuthErrors, ServerErrors)
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
 pub async fn stats(State(state): State<AppState>, user: AuthUser) -> ApiResult<axum::Json<Stats>> {

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
+use super::responses::{AuthErrors, BodyErrors, ParamErrors, ServerErrors};
 use crate::cache;
 use crate::db::items::{self, ListFilter, Position};
 use crate::error::FieldError;
@@ -21,7 +22,7 @@ use crate::http::error::validated;
 use crate::http::extract::AuthUser;
 use crate::http::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
 use crate::http::{ApiError, ApiResult, ErrorBody};
-use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, TAG_MAX};
+use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, SourcedItem, TAG_MAX};
 use crate::state::{AppState, CursorKeys};
 
 pub const LIMIT_DEFAULT: i64 = 20;
@@ -56,10 +57,11 @@ async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
     post, path = "/api/items", tag = "items",
     security(("bearer" = [])),
     request_body = NewItem,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response on retry")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Created; ETag holds the version", body = Item),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody),
+        BodyErrors, AuthErrors, ServerErrors,
+        (status = 409, description = "The caller already has an item with this source: upsert it instead", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
@@ -91,10 +93,10 @@ pub async fn create(
 #[utoipa::path(
     get, path = "/api/items/{id}", tag = "items",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path)),
+    params(Id),
     responses(
         (status = 200, description = "ETag holds the version", body = Item),
-        (status = 400, description = "Not a UUID", body = ErrorBody),
+        ParamErrors, AuthErrors, ServerErrors,
         (status = 404, description = "No such item for this user", body = ErrorBody),
     )
 )]
@@ -116,12 +118,13 @@ pub async fn read(
     patch, path = "/api/items/{id}", tag = "items",
     security(("bearer" = [])),
     request_body = ItemPatch,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "The ETag read earlier")),
+    params(Id, IfMatch),
     responses(
-        (status = 200, body = Item),
-        (status = 404, body = ErrorBody),
-        (status = 412, description = "Stale If-Match", body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 200, description = "ETag holds the new version", body = Item),
+        BodyErrors, AuthErrors, ServerErrors,
+        (status = 404, description = "No such item for this user", body = ErrorBody),
+        (status = 409, description = "The caller already has another item with this source", body = ErrorBody),
+        (status = 412, description = "If-Match lists none of the item's current ETag: nothing changed", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id, item = %id))]
@@ -155,11 +158,12 @@ pub async fn update(
 #[utoipa::path(
     delete, path = "/api/items/{id}", tag = "items",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    params(Id, IfMatch),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, body = ErrorBody),
-        (status = 412, body = ErrorBody),
+        ParamErrors, AuthErrors, ServerErrors,
+        (status = 404, description = "No such item for this user", body = ErrorBody),
+        (status = 412, description = "If-Match lists none of the item's current ETag: nothing deleted", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id, item = %id))]
@@ -183,16 +187,19 @@ pub struct ListParams {
     #[serde(rename = "type")]
     #[param(rename = "type", value_type = Option<ItemType>)]
     kind: Option<String>,
-    /// Items carrying this tag.
+    #[param(schema_with = tag_param)]
     tag: Option<String>,
+    /// `1` and `0` are taken for `true` and `false` too.
     #[param(value_type = Option<bool>)]
     archived: Option<String>,
+    /// `1` and `0` are taken for `true` and `false` too.
     #[param(value_type = Option<bool>)]
     favorite: Option<String>,
     /// 1 to 100, default 20.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
-    /// `nextCursor` of the previous page.
+    /// `nextCursor` of the previous page, as given: any other value is a 400.
+    #[param(max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
@@ -202,6 +209,22 @@ pub struct ItemPage {
     pub items: Vec<Item>,
     /// Absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// `schema_with` drops the field's description: it goes in the schema.
+fn tag_param() -> utoipa::openapi::schema::Object {
+    let mut tag = crate::model::schema::tag();
+    tag.description = Some("Items carrying this tag".into());
+    tag
+}
+
+/// The `limit` of list and search.
+pub fn limit_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(LIMIT_MAX as f64))
+        .build()
 }
 
 pub fn parse_limit(raw: Option<&str>, errors: &mut Vec<FieldError>) -> i64 {
@@ -303,7 +326,7 @@ fn parse_list(params: ListParams, keys: &CursorKeys) -> ApiResult<ListQuery> {
     params(ListParams),
     responses(
         (status = 200, body = ItemPage),
-        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+        ParamErrors, AuthErrors, ServerErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
@@ -348,12 +371,12 @@ pub async fn list(
 #[utoipa::path(
     post, path = "/api/items/upsert", tag = "items",
     security(("bearer" = [])),
-    request_body = NewItem,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = SourcedItem,
+    params(IdempotencyKey),
     responses(
-        (status = 201, description = "Created", body = Item),
-        (status = 200, description = "Updated", body = Item),
-        (status = 422, description = "Invalid, or no source", body = ErrorBody),
+        (status = 201, description = "Created; ETag holds the version", body = Item),
+        (status = 200, description = "Updated; ETag holds the new version", body = Item),
+        BodyErrors, AuthErrors, ServerErrors,
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id))]
@@ -402,10 +425,11 @@ pub struct BatchResult {
     post, path = "/api/items/batch", tag = "items",
     security(("bearer" = [])),
     request_body = Batch,
-    params(("Idempotency-Key" = Option<String>, Header)),
+    params(IdempotencyKey),
     responses(
         (status = 200, description = "Counts created and updated", body = BatchResult),
-        (status = 422, description = "Nothing written; details name each bad item", body = ErrorBody),
+        BodyErrors, AuthErrors, ServerErrors,
+        (status = 422, description = "Nothing written; `details` names each bad item by its JSON path", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user = %user.id, items = batch.items.len()))]
