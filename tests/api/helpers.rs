@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cartae_database_api::config::Settings;
 use cartae_database_api::health::{DependencyCheck, Snapshot, Verdict};
 use cartae_database_api::lifecycle::StopSignal;
+use cartae_database_api::metrics::Metrics;
 use cartae_database_api::startup::{Application, Stopped};
 use cartae_database_api::state::AppState;
 use serde_json::Value;
@@ -103,6 +104,24 @@ pub struct TestApp {
     signals: UnboundedSender<StopSignal>,
     pub run: tokio::task::JoinHandle<anyhow::Result<Stopped>>,
     _database: Option<TestDatabase>,
+    _documented: StatusesDocumented,
+}
+
+/// Fails the test that dropped it if its app answered an operation with a status the
+/// OpenAPI document does not list for that operation: the whole suite checks the document.
+struct StatusesDocumented(std::sync::Arc<Metrics>);
+
+impl Drop for StatusesDocumented {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let undocumented = crate::contract::undocumented(&self.0.render());
+        assert!(
+            undocumented.is_empty(),
+            "answers the OpenAPI document does not list: {undocumented:?}"
+        );
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -150,6 +169,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let state = app.state();
     let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
     let run = tokio::spawn(app.run_until_stopped(rx));
+    let documented = StatusesDocumented(state.metrics.clone());
     TestApp {
         address,
         metrics_address,
@@ -165,6 +185,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         signals,
         run,
         _database: owned_db,
+        _documented: documented,
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cache;
 mod config;
+mod contract;
 mod documented_data;
 mod documented_probes;
 mod documented_process;
