@@ -694,7 +694,34 @@ async fn every_operation_documents_the_answers_every_request_can_get() {
     let token = app.new_user().await;
     let sourced =
         json!({"type": "note", "title": "t", "source": {"connector": "c", "sourceId": "s"}});
-    assert_eq!(app.create_item(&token, &sourced).await.status, 201);
+    let created = app.create_item(&token, &sourced).await;
+    assert_eq!(created.status, 201);
+    // The headers a success carries are documented too.
+    let read = app
+        .get_item(&token, created.body["id"].as_str().unwrap())
+        .await;
+    let note = json!({"type": "note", "title": "keyed"});
+    let key = "contract-key";
+    let first = app.post_keyed(Some(&token), "/api/items", key, &note).await;
+    assert_eq!(first.status, 201);
+    let keyed = app.post_keyed(Some(&token), "/api/items", key, &note).await;
+    let headers = [
+        ("POST", "/api/items", &created, "etag"),
+        ("GET", "/api/items/{id}", &read, "etag"),
+        ("POST", "/api/items", &keyed, "idempotent-replayed"),
+    ];
+    for (method, route, got, header) in headers {
+        let responses = &operation(method, route).unwrap()["responses"];
+        let listed = responses[got.status.to_string()]["headers"]
+            .as_object()
+            .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case(header)));
+        if got.header(header).is_none() || !listed {
+            problems.push(format!(
+                "{method} {route} {}: {header} sent or listed, not both",
+                got.status
+            ));
+        }
+    }
     let other = app.note(&token, "other").await;
     let other = format!("/api/items/{}", other["id"].as_str().unwrap());
     let unknown = format!("/api/items/{}", Uuid::new_v4());

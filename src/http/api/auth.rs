@@ -30,7 +30,7 @@ pub fn router() -> Router<AppState> {
     request_body = Credentials,
     params(IdempotencyKey),
     responses(
-        (status = 201, description = "Created", body = User),
+        (status = 201, description = "Created", body = User, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, ServerErrors,
         (status = 409, description = "Email already registered", body = ErrorBody),
         (status = 422, description = "Invalid email or password, or an Idempotency-Key already used with another email", body = ErrorBody),

@@ -59,7 +59,7 @@ async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
     request_body = NewItem,
     params(IdempotencyKey),
     responses(
-        (status = 201, description = "Created; ETag holds the version", body = Item),
+        (status = 201, description = "Created", body = Item, headers(("ETag" = String, description = "The item's version, quoted: what If-Match compares"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, AuthErrors, ServerErrors,
         (status = 409, description = "The caller already has an item with this source: upsert it instead", body = ErrorBody),
     )
@@ -95,7 +95,7 @@ pub async fn create(
     security(("bearer" = [])),
     params(Id),
     responses(
-        (status = 200, description = "ETag holds the version", body = Item),
+        (status = 200, description = "The item", body = Item, headers(("ETag" = String, description = "The item's version, quoted: what If-Match compares"))),
         ParamErrors, AuthErrors, ServerErrors,
         (status = 404, description = "No such item for this user", body = ErrorBody),
     )
@@ -120,7 +120,7 @@ pub async fn read(
     request_body = ItemPatch,
     params(Id, IfMatch),
     responses(
-        (status = 200, description = "ETag holds the new version", body = Item),
+        (status = 200, description = "Updated", body = Item, headers(("ETag" = String, description = "The item's version, quoted: what If-Match compares"))),
         BodyErrors, AuthErrors, ServerErrors,
         (status = 404, description = "No such item for this user", body = ErrorBody),
         (status = 409, description = "The caller already has another item with this source", body = ErrorBody),
@@ -374,8 +374,8 @@ pub async fn list(
     request_body = SourcedItem,
     params(IdempotencyKey),
     responses(
-        (status = 201, description = "Created; ETag holds the version", body = Item),
-        (status = 200, description = "Updated; ETag holds the new version", body = Item),
+        (status = 201, description = "Created", body = Item, headers(("ETag" = String, description = "The item's version, quoted: what If-Match compares"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
+        (status = 200, description = "Updated", body = Item, headers(("ETag" = String, description = "The item's version, quoted: what If-Match compares"), ("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, AuthErrors, ServerErrors,
     )
 )]
@@ -427,7 +427,7 @@ pub struct BatchResult {
     request_body = Batch,
     params(IdempotencyKey),
     responses(
-        (status = 200, description = "Counts created and updated", body = BatchResult),
+        (status = 200, description = "Counts created and updated", body = BatchResult, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, AuthErrors, ServerErrors,
         (status = 422, description = "Nothing written; `details` names each bad item by its JSON path", body = ErrorBody),
     )
