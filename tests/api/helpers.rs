@@ -342,10 +342,3 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
-
-/// How many distinct series the exposition holds.
-pub fn series_count(text: &str) -> usize {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count()
-}
