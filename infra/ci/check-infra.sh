@@ -460,7 +460,7 @@ sys.exit(0 if ok else 1)
 PY
   # Requests reach only the ready replicas and get the sticky cookie.
   local headers
-  headers="$(curl -fsS -D - -o "$dir/body" "http://127.0.0.1:$web/" || true)"
+  headers="$(curl -fsS -D - -o "$dir/body" "http://127.0.0.1:$web/api/x" || true)"
   if ! grep -qi '^set-cookie: cartae_server=.*HttpOnly.*Secure.*SameSite=Lax' <<< "$headers"; then
     echo "no cartae_server sticky cookie in: $headers"; status=1
   fi
@@ -468,7 +468,7 @@ PY
   # not-ready replica, and both ready ones must (else one request proves nothing).
   local i seen=""
   for i in $(seq 30); do
-    seen+="$(curl -fsS "http://127.0.0.1:$web/" 2>/dev/null || echo "request $i failed")"$'\n'
+    seen+="$(curl -fsS "http://127.0.0.1:$web/api/x" 2>/dev/null || echo "request $i failed")"$'\n'
   done
   if grep -q " $p3" <<< "$seen"; then
     echo "a request was routed to the not-ready replica"; status=1
@@ -479,6 +479,12 @@ PY
   if grep -q "failed" <<< "$seen"; then
     echo "requests failed: $seen"; status=1
   fi
+  # Only /api/ is routed: the stand-ins answer 200 on any path, Traefik must not ask them.
+  local internal code
+  for internal in /health/detailed /health /ready /live /metrics /; do
+    code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$web$internal")"
+    [[ "$code" == 404 ]] || { echo "$internal answered $code through Traefik"; status=1; }
+  done
   if grep -E '"level":"error"|ERR ' "$dir/traefik.log"; then
     status=1
   fi
@@ -499,7 +505,7 @@ PY
   local redirect
   redirect="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$h80/x")"
   [[ "$redirect" == 30[178]" https://"* ]] || { echo "web does not redirect to https: $redirect"; status=1; }
-  curl -fsSk -o /dev/null "https://127.0.0.1:$h443/" || { echo "websecure did not serve"; status=1; }
+  curl -fsSk -o /dev/null "https://127.0.0.1:$h443/api/x" || { echo "websecure did not serve"; status=1; }
   local metrics m
   metrics="$(curl -fsS "http://127.0.0.1:$h8082/metrics")" || { echo "no metrics"; status=1; }
   for m in traefik_service_server_up traefik_service_requests_total traefik_entrypoint_requests_total; do
