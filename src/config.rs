@@ -121,6 +121,9 @@ pub struct DatabaseSettings {
     /// PostgreSQL's `statement_timeout` on request connections: the request deadline plus
     /// [`STATEMENT_TIMEOUT_MARGIN`].
     pub statement_timeout: Duration,
+    /// `REPLICAS_MAX`: the most replicas the deployment may run (the HPA's maximum), for
+    /// the pool budget check at start; `None` when the deployment does not say.
+    pub replicas_max: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -515,12 +518,17 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
             format!("must not exceed POSTGRES_POOL_MAX ({pool_min} > {pool_max})"),
         ));
     }
+    let replicas_max: Option<u32> = parse(src, "REPLICAS_MAX")?;
+    if replicas_max == Some(0) {
+        return Err(ConfigError::new("REPLICAS_MAX", "must be at least 1"));
+    }
     Ok(DatabaseSettings {
         connect,
         pool_min,
         pool_max,
         acquire_timeout: millis(src, "POSTGRES_ACQUIRE_TIMEOUT_MS", 1_000, 1)?,
         statement_timeout: Duration::ZERO,
+        replicas_max,
     })
 }
 

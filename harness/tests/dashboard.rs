@@ -178,12 +178,13 @@ async fn every_panel_query_and_alert_rule_holds_on_live_replicas() {
         .expect("prometheus starts");
     let client = reqwest::Client::new();
 
-    // Some traffic through the balancer, including a 404, so request series exist.
+    // Some traffic through the balancer, including a 404, so request series exist. Only
+    // `/api/` is routed through it.
     for i in 0..30 {
         let path = if i % 10 == 0 {
-            "/no-such-route"
+            "/api/no-such-route"
         } else {
-            "/live"
+            "/api/openapi.json"
         };
         let _ = client.get(balancer.url(path)).send().await;
         tokio::time::sleep(Duration::from_millis(100)).await;

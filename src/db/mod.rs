@@ -4,6 +4,7 @@
 //! [`Database::timed`] so that `database_latency_seconds{query_type}` and
 //! `db_query_errors_total{error_type}` cover every call.
 
+pub mod budget;
 pub mod idempotency;
 pub mod items;
 pub mod retention;
@@ -415,6 +416,18 @@ impl Database {
         if let Ok(version) = version {
             let _ = self.server_version.set(version);
         }
+    }
+
+    /// The pool budget as this replica sees it now (see [`budget`]).
+    pub async fn pool_budget(
+        &self,
+        pool_max: u32,
+        replicas_max: Option<u32>,
+    ) -> Result<budget::Budget, sqlx::Error> {
+        let limits = self
+            .timed("pool_budget", budget::server_limits(&self.pool))
+            .await?;
+        Ok(budget::Budget::of(pool_max, replicas_max, limits))
     }
 
     pub fn server_version(&self) -> Option<&str> {

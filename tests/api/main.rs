@@ -20,6 +20,7 @@ mod openapi;
 mod outages;
 mod overload;
 mod pagination;
+mod pool_budget;
 mod probes;
 mod retention;
 mod search;
