@@ -207,15 +207,18 @@ async fn run_miss_floor(
     let base = format!("http://127.0.0.1:{port}");
     let mut entries = Vec::new();
     for id in items.ids.iter().filter(|_| bodies) {
-        let body = bench
+        let response = bench
             .client
             .get(format!("{base}/api/items/{id}"))
             .header("Authorization", items.auth)
             .send()
-            .await?
-            .error_for_status()?
-            .text()
             .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "the miss floor answered {status}: {body}"
+        );
         entries.push(body);
     }
     let stats = bench
