@@ -7,8 +7,9 @@
 //! - `hit`: an authenticated cache hit. `GET /api/items/{id}` verifies the HS256 bearer
 //!   token (signature, algorithm, issuer, audience, expiry, as the service does), runs
 //!   one Redis `GET` on a multiplexed connection and returns the bytes.
-//! - `hit-pool`: the same through a deadpool-redis pool, as the service reaches Redis:
-//!   each checkout first recycles the connection (`UNWATCH` and `PING`, one round trip).
+//! - `hit-pool`: the same through a deadpool-redis pool, as the service reached Redis
+//!   until it moved to one multiplexed connection: each checkout first recycles the
+//!   connection (`UNWATCH` and `PING`, one round trip).
 //!   The two measure what the pool costs a cache hit.
 //! - `miss`: an authenticated read from PostgreSQL. It verifies the token, runs one
 //!   `SELECT` by primary key on a pooled connection that is not pinged first, and

@@ -109,7 +109,7 @@ pub(super) async fn run(
             hit_floor.text(),
         ),
         beside(
-            "Cache-hit floor through a deadpool-redis pool (as the service), not multiplexed",
+            "Cache-hit floor through a deadpool-redis pool (as the service before its multiplexed connection)",
             &pool_floor,
             "multiplexed",
             &hit_floor,
