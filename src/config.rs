@@ -132,7 +132,6 @@ pub struct RedisSettings {
     pub url: Secret,
     /// The CA and client certificate of a `rediss://` URL, read and checked at start.
     pub tls: RedisTls,
-    pub pool_max: usize,
     /// Upper bound for any single Redis call made on a request path.
     pub timeout: Duration,
 }
@@ -660,16 +659,11 @@ fn redis(src: &dyn Source) -> Result<RedisSettings, ConfigError> {
             }
         }
     };
-    let pool_max: usize = parse_or(src, "REDIS_POOL_MAX", 16)?;
-    if pool_max == 0 {
-        return Err(ConfigError::new("REDIS_POOL_MAX", "must be at least 1"));
-    }
     let tls = redis_tls(src)?;
     check_redis_tls(&url, &tls, src)?;
     Ok(RedisSettings {
         url: Secret::new(url),
         tls,
-        pool_max,
         timeout: millis(src, "REDIS_TIMEOUT_MS", 250, 1)?,
     })
 }

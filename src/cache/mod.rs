@@ -1,4 +1,5 @@
-//! Redis: a pool, and one way to run a command with a short timeout.
+//! Redis: one multiplexed connection ([`link`]), and one way to run a command with a short
+//! timeout.
 //!
 //! Redis is a cache here, never the source of truth. Every call is bounded by
 //! `REDIS_TIMEOUT_MS`, and every failure is counted and reported to the caller, who falls
@@ -11,6 +12,7 @@
 //!   have left stale until a background repair has applied it (see there why).
 
 pub mod items;
+mod link;
 pub mod stamped;
 pub mod trust;
 
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::MultiplexedConnection;
 
 use crate::config::{CacheSettings, RedisSettings};
 use crate::error::Permanent;
@@ -29,28 +31,25 @@ use crate::metrics::Metrics;
 pub enum CacheError {
     #[error("redis timed out after {0:?}")]
     Timeout(Duration),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
 
 /// Where and how to connect: the URL, plus for `rediss://` the CA and client certificate
-/// that the URL cannot carry (deadpool's own `Config` would drop them).
-fn connection_info(settings: &RedisSettings) -> redis::RedisResult<redis::ConnectionInfo> {
-    let client = match settings.tls.certificates() {
-        Some(certificates) => redis::Client::build_with_tls(settings.url.expose(), certificates)?,
-        None => redis::Client::open(settings.url.expose())?,
-    };
-    Ok(client.get_connection_info().clone())
+/// that the URL cannot carry.
+fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
+    match settings.tls.certificates() {
+        Some(certificates) => redis::Client::build_with_tls(settings.url.expose(), certificates),
+        None => redis::Client::open(settings.url.expose()),
+    }
 }
 
 /// Whether a Redis error needs the configuration or the server changed before a retry can
 /// succeed, and what to check. `None`: transient (a timeout, a connection refused or cut).
 pub fn permanent(error: &CacheError) -> Option<Permanent> {
     let redis = match error {
-        CacheError::Redis(e) | CacheError::Pool(deadpool_redis::PoolError::Backend(e)) => e,
-        _ => return None,
+        CacheError::Redis(e) => e,
+        CacheError::Timeout(_) => return None,
     };
     match redis.kind() {
         redis::ErrorKind::AuthenticationFailed => Some(Permanent {
@@ -70,7 +69,7 @@ pub fn permanent(error: &CacheError) -> Option<Permanent> {
 
 #[derive(Clone)]
 pub struct Cache {
-    pool: Pool,
+    link: Arc<link::Link>,
     metrics: Arc<Metrics>,
     timeout: Duration,
     pub key_prefix: String,
@@ -86,28 +85,15 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Builds the pool; like the database pool, it connects on first use, so a missing
-    /// Redis never blocks start-up.
+    /// Like the database pool, it connects on first use, so a missing Redis never blocks
+    /// start-up.
     pub fn new(
         settings: &RedisSettings,
         cache: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let timeouts = Timeouts {
-            wait: Some(settings.timeout),
-            create: Some(settings.timeout),
-            recycle: Some(settings.timeout),
-        };
-        let pool = Pool::builder(Manager::new(connection_info(settings)?)?)
-            .config(PoolConfig {
-                max_size: settings.pool_max,
-                timeouts,
-                ..PoolConfig::default()
-            })
-            .runtime(Runtime::Tokio1)
-            .build()?;
         Ok(Self {
-            pool,
+            link: Arc::new(link::Link::new(client(settings)?, settings.timeout)),
             metrics,
             timeout: settings.timeout,
             key_prefix: cache.key_prefix.clone(),
@@ -119,11 +105,11 @@ impl Cache {
         })
     }
 
-    /// Runs a cache operation on a pooled connection within `REDIS_TIMEOUT_MS`. A failure
+    /// Runs a cache operation on the shared connection within `REDIS_TIMEOUT_MS`. A failure
     /// is counted in `cache_errors_total`: the caller then falls back to PostgreSQL.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, CacheError>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let result = self.exec(self.timeout, op).await;
@@ -148,15 +134,18 @@ impl Cache {
         &self.metrics
     }
 
-    /// Runs `op` within `timeout`, recording `redis_latency_seconds`.
+    /// Runs `op` within `timeout`, recording `redis_latency_seconds`. A failure that leaves
+    /// the connection unusable, or a timeout, discards it (see [`link`]).
     async fn exec<T, F, Fut>(&self, timeout: Duration, op: F) -> Result<T, CacheError>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         let started = Instant::now();
+        let mut used = None;
         let result = match tokio::time::timeout(timeout, async {
-            let conn = self.pool.get().await?;
+            let (number, conn) = self.link.get().await?;
+            used = Some(number);
             Ok::<_, CacheError>(op(conn).await?)
         })
         .await
@@ -164,6 +153,14 @@ impl Cache {
             Ok(result) => result,
             Err(_) => Err(CacheError::Timeout(timeout)),
         };
+        let broken = match &result {
+            Err(CacheError::Redis(e)) => link::breaks_connection(e),
+            Err(CacheError::Timeout(_)) => true,
+            Ok(_) => false,
+        };
+        if let (true, Some(number)) = (broken, used) {
+            self.link.discard(number);
+        }
         self.metrics
             .redis_latency
             .observe(started.elapsed().as_secs_f64());
@@ -201,12 +198,14 @@ impl Cache {
         }
     }
 
-    pub fn status(&self) -> deadpool_redis::Status {
-        self.pool.status()
+    /// Whether the shared connection is open (for `/health/detailed`).
+    pub fn connected(&self) -> bool {
+        self.link.connected()
     }
 
+    /// Closes the shared connection at shutdown, once the server has drained.
     pub fn close(&self) {
-        self.pool.close();
+        self.link.close();
     }
 
     /// A namespaced key.

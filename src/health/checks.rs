@@ -71,7 +71,7 @@ pub async fn database(db: &Database, timeout: Duration, thresholds: Thresholds) 
     dependency(timeout, thresholds, ping).await
 }
 
-/// One `PING` on the service's own Redis pool.
+/// One `PING` on the service's own Redis connection (a failed one drops it: see `cache::link`).
 pub async fn redis(cache: &Cache, timeout: Duration, thresholds: Thresholds) -> DependencyCheck {
     let ping = async { cache.ping(timeout).await.map_err(|e| Cache::describe(&e)) };
     dependency(timeout, thresholds, ping).await

@@ -100,6 +100,17 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .ratio(hit.rps / off.rps)
             .target("faster than cache off", hit.rps > off.rps),
     );
+    // Issue 12's aim once revocation left Redis: a hit at a fifth of a probe's throughput.
+    bench.figures.push(
+        Figure::info(
+            DATA,
+            "GET /api/items/{id}, cache hit, against GET /live",
+            hit.text(),
+        )
+        .baseline(format!("GET /live, same build: {}", rps(&live)))
+        .ratio(hit.rps / live.rps)
+        .target(">= 20 % of /live", hit.rps >= 0.2 * live.rps),
+    );
     bench.figures.push(
         Figure::info(
             DATA,

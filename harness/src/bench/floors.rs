@@ -3,7 +3,9 @@
 //! connection), a read that misses against the miss floor (token check, one `SELECT` by
 //! primary key on an unpinged pooled connection, the row serialised). Then both again
 //! with 1 ms added to every Redis and PostgreSQL round trip by the harness's proxy, as
-//! between hosts or availability zones, where round trips cost more than CPU.
+//! between hosts or availability zones, where round trips cost more than CPU. With
+//! `--compare`, the authenticated cache hit of another build beside this one's, at 0 and
+//! 1 ms, interleaved.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use anyhow::Context;
 use super::replica::JWT_SECRET;
 use super::table::Figure;
 use super::wrk::{Request, Stats};
-use super::{Bench, CONNECTIONS};
+use super::{best, Bench, Compare, CONNECTIONS};
 use crate::database::{pg_url, PG_ADDR, REDIS_ADDR};
 use crate::proxy::TcpProxy;
 
@@ -59,8 +61,46 @@ pub(super) async fn run(
     let (slow_miss_floor, _) = run_miss_floor(bench, items, &slow_pg_url, false).await?;
     let slow_hit_floor = run_hit_floor(bench, items, "hit", &slow_redis_url, &prefix).await?;
     let slow_pool_floor = run_hit_floor(bench, items, "hit-pool", &slow_redis_url, &prefix).await?;
-    let slow_hit = replica_reads(bench, items, &slow_pg_url, &slow_redis_url, false).await?;
-    let slow_off = replica_reads(bench, items, &slow_pg_url, &slow_redis_url, true).await?;
+    let slow_hit = replica_reads(
+        bench,
+        &bench.binary,
+        items,
+        &slow_pg_url,
+        &slow_redis_url,
+        false,
+    )
+    .await?;
+    let slow_off = replica_reads(
+        bench,
+        &bench.binary,
+        items,
+        &slow_pg_url,
+        &slow_redis_url,
+        true,
+    )
+    .await?;
+    let mut compared = Vec::new();
+    if let Some(compare) = bench.compare.clone() {
+        for (latency, pg, redis) in [
+            ("", &direct_pg, &direct_redis),
+            (
+                ", 1 ms added to each Redis and PostgreSQL answer",
+                &slow_pg_url,
+                &slow_redis_url,
+            ),
+        ] {
+            let (ours, theirs) = compare_hits(bench, items, &compare, pg, redis).await?;
+            compared.push(beside(
+                &format!(
+                    "GET /api/items/{{id}}, cache hit{latency}: this build against {}",
+                    compare.label
+                ),
+                &ours,
+                &compare.label,
+                &theirs,
+            ));
+        }
+    }
 
     let figures = [
         Figure::info(
@@ -69,7 +109,7 @@ pub(super) async fn run(
             hit_floor.text(),
         ),
         beside(
-            "Cache-hit floor through a deadpool-redis pool (as the service), not multiplexed",
+            "Cache-hit floor through a deadpool-redis pool (as the service before its multiplexed connection)",
             &pool_floor,
             "multiplexed",
             &hit_floor,
@@ -113,7 +153,37 @@ pub(super) async fn run(
         ),
     ];
     bench.figures.extend(figures);
+    bench.figures.extend(compared);
     Ok(())
+}
+
+/// The cache hit of this build and of `compare`'s, fresh replicas interleaved, the best
+/// of [`Bench::passes`] each.
+async fn compare_hits(
+    bench: &Bench,
+    items: &ItemReads<'_>,
+    compare: &Compare,
+    database_url: &str,
+    redis_url: &str,
+) -> anyhow::Result<(Stats, Stats)> {
+    let (mut ours, mut theirs) = (None, None);
+    for _ in 0..bench.passes() {
+        let run = replica_reads(
+            bench,
+            &compare.binary,
+            items,
+            database_url,
+            redis_url,
+            false,
+        );
+        theirs = best(theirs, run.await?);
+        let run = replica_reads(bench, &bench.binary, items, database_url, redis_url, false);
+        ours = best(ours, run.await?);
+    }
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) => Ok((ours, theirs)),
+        _ => anyhow::bail!("no pass ran"),
+    }
 }
 
 /// `stats` beside `baseline`, with their ratio.
@@ -137,15 +207,18 @@ async fn run_miss_floor(
     let base = format!("http://127.0.0.1:{port}");
     let mut entries = Vec::new();
     for id in items.ids.iter().filter(|_| bodies) {
-        let body = bench
+        let response = bench
             .client
             .get(format!("{base}/api/items/{id}"))
             .header("Authorization", items.auth)
             .send()
-            .await?
-            .error_for_status()?
-            .text()
             .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "the miss floor answered {status}: {body}"
+        );
         entries.push(body);
     }
     let stats = bench
@@ -198,6 +271,7 @@ async fn store_entries(
 /// first a hit) or off (`CACHE_ITEM_TTL_MS=1`, every read a miss).
 async fn replica_reads(
     bench: &Bench,
+    binary: &std::path::Path,
     items: &ItemReads<'_>,
     database_url: &str,
     redis_url: &str,
@@ -212,7 +286,7 @@ async fn replica_reads(
     if cache_off {
         spec.env.push(("CACHE_ITEM_TTL_MS".into(), "1".into()));
     }
-    let (replica, _) = bench.replica(&spec).await?;
+    let (replica, _) = bench.replica_of(binary, &spec).await?;
     bench
         .cycle(&replica.url(""), items.reads, items.auth, CONNECTIONS)
         .await

@@ -53,6 +53,7 @@ struct Bench {
     smoke: bool,
     scratch: PathBuf,
     binary: PathBuf,
+    compare: Option<Compare>,
     client: reqwest::Client,
     figures: Vec<Figure>,
     /// Peak resident memory of the replica under load, across every run that loads it.
@@ -72,11 +73,26 @@ pub struct Options {
     pub only: Option<String>,
     /// Where the table goes instead of `BENCHMARKS.md` (or `target/bench-smoke.md`).
     pub out: Option<PathBuf>,
+    /// Another build of the service whose authenticated cache hit is measured beside this
+    /// build's, in the same run: a before and after that the machine's drift cannot fake.
+    pub compare: Option<Compare>,
+}
+
+/// Another build of the service, and what the table calls it.
+#[derive(Clone)]
+pub struct Compare {
+    pub binary: PathBuf,
+    pub label: String,
 }
 
 /// Runs the wanted sections, prints the table and writes it to the output file.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let Options { smoke, only, out } = options;
+    let Options {
+        smoke,
+        only,
+        out,
+        compare,
+    } = options;
     ensure_wrk()?;
     // Absolute: replicas start in a scratch directory, where a relative path would not
     // resolve.
@@ -95,6 +111,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         smoke,
         scratch: scratch.clone(),
         binary,
+        compare: match compare {
+            Some(c) => Some(Compare {
+                binary: std::fs::canonicalize(&c.binary)?,
+                label: c.label,
+            }),
+            None => None,
+        },
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
@@ -216,7 +239,16 @@ impl Bench {
     }
 
     async fn replica(&self, spec: &ReplicaSpec) -> anyhow::Result<(Replica, Duration)> {
-        let mut replica = Replica::spawn(&self.binary, spec, &self.scratch)?;
+        self.replica_of(&self.binary, spec).await
+    }
+
+    /// A replica of the given build of the service.
+    async fn replica_of(
+        &self,
+        binary: &std::path::Path,
+        spec: &ReplicaSpec,
+    ) -> anyhow::Result<(Replica, Duration)> {
+        let mut replica = Replica::spawn(binary, spec, &self.scratch)?;
         let ready = replica
             .wait_ready(&self.client, Duration::from_secs(30))
             .await?;

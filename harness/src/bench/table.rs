@@ -85,6 +85,15 @@ impl Figure {
     }
 
     pub fn missing(section: &'static str, name: impl Into<String>, why: impl Into<String>) -> Self {
+        // A child's log may follow the reason; a table row holds one line.
+        let why: String = why.into();
+        let why = why
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .take_while(|l| !l.starts_with("Stack backtrace"))
+            .collect::<Vec<_>>()
+            .join(" ");
         Self {
             verdict: Verdict::Missing,
             ..Self::info(section, name, why)

@@ -4,11 +4,13 @@
 //!
 //! prints the table and rewrites the generated section of `BENCHMARKS.md`. Options:
 //! `--smoke` (a second or two per figure, no verdicts, writes `target/bench-smoke.md`;
-//! CI runs it), `--out <file.md>`, `--only <section substring>`.
+//! CI runs it), `--out <file.md>`, `--only <section substring>`, `--compare <binary>` with
+//! `--compare-label <text>` (the authenticated cache hit also measured with another build of
+//! the service, in the same run).
 
 use std::path::PathBuf;
 
-use cartae_harness::bench::{run, Options};
+use cartae_harness::bench::{run, Compare, Options};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -30,6 +32,10 @@ fn main() -> anyhow::Result<()> {
         smoke: flag("--smoke"),
         only: arg("--only"),
         out: arg("--out").map(PathBuf::from),
+        compare: arg("--compare").map(|binary| Compare {
+            binary: PathBuf::from(binary),
+            label: arg("--compare-label").unwrap_or_else(|| "--compare binary".into()),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
