@@ -5,7 +5,7 @@
 //! with `Retry-After`, and no replica turns unready or is ejected by the balancer.
 //!
 //! The capacity is bound by the database, as in real deployments: the PostgreSQL proxy
-//! adds a few milliseconds per round trip and the mix is writes, searches and batches
+//! adds 40 ms to every round trip and the mix is writes, searches and batches
 //! (cache misses all), so a replica serves at most `POSTGRES_POOL_MAX` requests at once
 //! and capacity is a concurrency limit, the pool over the time each request holds a
 //! connection, far below what the CPUs could do. Refusing the excess then costs little.
