@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+mod open;
+pub use open::{offer, Offer, Offered};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Read,
@@ -170,6 +173,45 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Request `n` of `kind` as the drill user, with the load client's 10 s timeout. A
+    /// write carries `key` as its `Idempotency-Key` and in its title; a batch upserts
+    /// what `batches` gives for worker `owner`.
+    pub fn request(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        kind: Kind,
+        n: usize,
+        key: Option<&str>,
+        (batches, owner): (Batches, usize),
+    ) -> reqwest::RequestBuilder {
+        let key = key.unwrap_or_default();
+        let request = match kind {
+            Kind::Read => client.get(format!(
+                "{base}/api/items/{}",
+                self.item_ids[n % self.item_ids.len()]
+            )),
+            Kind::Search => client
+                .get(format!("{base}/api/search"))
+                .query(&[("q", self.search_terms[n % self.search_terms.len()].as_str())]),
+            Kind::Write => client
+                .post(format!("{base}/api/items"))
+                .header("Idempotency-Key", key)
+                .json(&json!({"type": "note", "title": format!("drill-{key}"), "tags": ["drill"]})),
+            Kind::Batch => client
+                .post(format!("{base}/api/items/batch"))
+                .json(&batches.body(owner, n)),
+            Kind::Login => client
+                .post(format!("{base}/api/auth/login"))
+                .json(&self.credentials),
+        };
+        request
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(10))
+    }
+}
+
 /// Logs in with `{email, password}` and returns the bearer token.
 pub async fn sign_in(
     client: &reqwest::Client,
@@ -274,6 +316,17 @@ impl LoadRun {
         workload: Workload,
         spec: LoadSpec,
     ) -> Self {
+        Self::start_spread(vec![client], base, workload, spec)
+    }
+
+    /// As [`Self::start`], worker `w` sending with `clients[w % clients.len()]` (see
+    /// [`spread_clients`]).
+    pub fn start_spread(
+        clients: Vec<reqwest::Client>,
+        base: String,
+        workload: Workload,
+        spec: LoadSpec,
+    ) -> Self {
         let started = Instant::now();
         let shared = Shared {
             stop: Arc::new(AtomicBool::new(false)),
@@ -288,7 +341,7 @@ impl LoadRun {
             shared.successes.clone(),
         );
         let workers = spec.workers;
-        let task = tokio::spawn(run(client, base, workload, spec, shared));
+        let task = tokio::spawn(run(clients, base, workload, spec, shared));
         Self {
             started,
             stop,
@@ -353,7 +406,7 @@ impl Shared {
 }
 
 async fn run(
-    client: reqwest::Client,
+    clients: Vec<reqwest::Client>,
     base: String,
     workload: Workload,
     spec: LoadSpec,
@@ -362,7 +415,7 @@ async fn run(
     let per_worker = Duration::from_secs_f64(spec.workers as f64 / spec.rate.max(0.1));
     let workers = (0..spec.workers).map(|worker| {
         let (client, base, workload, spec, shared) = (
-            client.clone(),
+            clients[worker % clients.len().max(1)].clone(),
             base.clone(),
             workload.clone(),
             spec.clone(),
@@ -408,7 +461,8 @@ async fn run(
     Ok(all)
 }
 
-fn pick(mix: &[u32; 4], n: usize) -> Kind {
+/// The kind of request `n` under `mix`.
+pub(crate) fn pick(mix: &[u32; 4], n: usize) -> Kind {
     let total: u32 = mix.iter().sum::<u32>().max(1);
     let mut slot = (n as u32).wrapping_mul(7) % total;
     for (kind, share) in [Kind::Read, Kind::Write, Kind::Search].into_iter().zip(mix) {
@@ -443,25 +497,14 @@ async fn one_request(
     let mut first: Option<Answer> = None;
     let last = loop {
         attempts += 1;
-        let mut request = match kind {
-            Kind::Read => client.get(format!("{base}/api/items/{}", workload.item_ids[n % workload.item_ids.len()])),
-            Kind::Search => client
-                .get(format!("{base}/api/search"))
-                .query(&[("q", workload.search_terms[n % workload.search_terms.len()].as_str())]),
-            Kind::Write => client
-                .post(format!("{base}/api/items"))
-                .header("Idempotency-Key", key.as_deref().unwrap_or_default())
-                .json(&json!({"type": "note", "title": format!("drill-{}", key.as_deref().unwrap_or_default()), "tags": ["drill"]})),
-            Kind::Batch => client
-                .post(format!("{base}/api/items/batch"))
-                .json(&spec.batches.body(n % spec.workers, n)),
-            Kind::Login => client
-                .post(format!("{base}/api/auth/login"))
-                .json(&workload.credentials),
-        };
-        request = request
-            .bearer_auth(&workload.token)
-            .timeout(Duration::from_secs(10));
+        let mut request = workload.request(
+            client,
+            base,
+            kind,
+            n,
+            key.as_deref(),
+            (spec.batches, n % spec.workers),
+        );
         if let (true, Some(c)) = (spec.sticky, cookie.as_ref()) {
             request = request.header("Cookie", c.clone());
         }
@@ -486,6 +529,24 @@ async fn one_request(
         attempts,
         idempotency_key: key,
     }
+}
+
+/// Clients sending from `count` loopback addresses (127.0.0.2 and up, at most 253), one
+/// each: many clients, as in production, so that a per-client-IP limit in front of the
+/// cluster (Traefik's shipped rate limit, 100/s per IP) is not what a load measures.
+pub fn spread_clients(count: usize) -> anyhow::Result<Vec<reqwest::Client>> {
+    if !(1..=253).contains(&count) {
+        bail!("{count} client addresses: 127.0.0.2 to 127.0.0.254 hold 253");
+    }
+    (0..count)
+        .map(|i| {
+            let address = std::net::Ipv4Addr::new(127, 0, 0, 2 + i as u8);
+            Ok(reqwest::Client::builder()
+                .local_address(std::net::IpAddr::V4(address))
+                .pool_max_idle_per_host(64)
+                .build()?)
+        })
+        .collect()
 }
 
 /// Keeps the balancer's sticky cookie, as a browser would.

@@ -13,6 +13,7 @@ mod deadlocks;
 mod failed_rollout;
 mod login_storm;
 mod outages;
+mod overload_ramp;
 mod rolling;
 mod saturation;
 mod schema;
@@ -43,7 +44,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -58,6 +59,7 @@ pub const SCENARIOS: [&str; 15] = [
     "deadlock-prone batches",
     "pool saturation",
     "PostgreSQL brownout",
+    "overload ramp",
     "login storm",
 ];
 
@@ -112,6 +114,7 @@ impl Drill {
             "deadlock-prone batches" => deadlocks::run(self).await,
             "pool saturation" => saturation::run(self).await,
             "PostgreSQL brownout" => brownout::run(self).await,
+            "overload ramp" => overload_ramp::run(self).await,
             "login storm" => login_storm::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),
         };
