@@ -12,8 +12,10 @@ mod crash;
 mod deadlocks;
 mod failed_rollout;
 mod login_storm;
+mod logout;
 mod outages;
 mod rolling;
+mod rotation;
 mod saturation;
 mod schema;
 mod shared;
@@ -43,7 +45,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 17] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -59,6 +61,8 @@ pub const SCENARIOS: [&str; 15] = [
     "pool saturation",
     "PostgreSQL brownout",
     "login storm",
+    "secret rotation",
+    "logout under load",
 ];
 
 /// The drill over TLS: the outages cut and restore TLS connections, so the pools must
@@ -113,6 +117,8 @@ impl Drill {
             "pool saturation" => saturation::run(self).await,
             "PostgreSQL brownout" => brownout::run(self).await,
             "login storm" => login_storm::run(self).await,
+            "secret rotation" => rotation::run(self).await,
+            "logout under load" => logout::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),
         };
         let mut row = result.unwrap_or_else(|e| {
