@@ -80,6 +80,26 @@ pub struct Cluster {
     /// Private TLS-only servers the replicas use instead of the machine's, for a drill
     /// over TLS; `None`: the machine's PostgreSQL and Redis, in plain text.
     pub tls: Option<TlsServers>,
+    /// The signing keys a replica gets when the script (re)starts it: a rollout that
+    /// rotates the secret changes them first, and a restart after a crash keeps them.
+    jwt_keys: std::sync::Mutex<JwtKeys>,
+}
+
+/// `JWT_SECRET` and `JWT_SECRET_PREVIOUS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKeys {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl JwtKeys {
+    /// The drill's own secret, with no previous key: what every scenario starts from.
+    pub fn drill() -> Self {
+        Self {
+            current: DRILL_JWT_SECRET.to_owned(),
+            previous: None,
+        }
+    }
 }
 
 /// Starts each instance at `$VERSION` on the ports chosen for it. `$VERSION` is the path of
@@ -166,6 +186,7 @@ impl Cluster {
             redis_proxy,
             database,
             tls,
+            jwt_keys: std::sync::Mutex::new(JwtKeys::drill()),
         };
         let outcome = cluster
             .script(&["--bootstrap", &binary.to_string_lossy()])
@@ -180,10 +201,25 @@ impl Cluster {
         d.as_millis().to_string()
     }
 
+    /// The keys replicas (re)started from now on get.
+    pub fn jwt_keys(&self) -> JwtKeys {
+        // A poisoned lock still holds a whole value: nothing panics mid-assignment.
+        self.jwt_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the keys replicas (re)started from now on get; running ones keep theirs.
+    pub fn set_jwt_keys(&self, keys: JwtKeys) {
+        *self.jwt_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
     /// Runs the rolling-update script with the process runtime; the replicas inherit this
     /// environment.
     pub async fn script(&self, args: &[&str]) -> anyhow::Result<ScriptOutcome> {
         let t = &self.timings;
+        let keys = self.jwt_keys();
         let join =
             |f: fn(&Instance) -> String| self.instances.iter().map(f).collect::<Vec<_>>().join(" ");
         let mut command = tokio::process::Command::new("bash");
@@ -206,7 +242,7 @@ impl Cluster {
             .env("HOST", "127.0.0.1")
             .envs(self.dependency_env())
             .env("CACHE_KEY_PREFIX", &self.key_prefix)
-            .env("JWT_SECRET", DRILL_JWT_SECRET)
+            .env("JWT_SECRET", &keys.current)
             // The balancers run on loopback: their X-Forwarded-For names the client.
             .env("TRUSTED_PROXIES", "127.0.0.0/8")
             .env("HEALTH_CHECK_INTERVAL_MS", Self::ms(t.check_interval))
@@ -217,6 +253,11 @@ impl Cluster {
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
             .kill_on_drop(true);
+        match &keys.previous {
+            Some(previous) => command.env("JWT_SECRET_PREVIOUS", previous),
+            // Not inherited from whoever runs the drill either.
+            None => command.env_remove("JWT_SECRET_PREVIOUS"),
+        };
         let output = command.output().await.context("run rolling-update.sh")?;
         Ok(ScriptOutcome {
             success: output.status.success(),

@@ -12,9 +12,11 @@ mod crash;
 mod deadlocks;
 mod failed_rollout;
 mod login_storm;
+mod logout;
 mod outages;
 mod overload_ramp;
 mod rolling;
+mod rotation;
 mod saturation;
 mod schema;
 mod shared;
@@ -44,7 +46,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 16] = [
+pub const SCENARIOS: [&str; 18] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -61,6 +63,8 @@ pub const SCENARIOS: [&str; 16] = [
     "PostgreSQL brownout",
     "overload ramp",
     "login storm",
+    "secret rotation",
+    "logout under load",
 ];
 
 /// The drill over TLS: the outages cut and restore TLS connections, so the pools must
@@ -116,6 +120,8 @@ impl Drill {
             "PostgreSQL brownout" => brownout::run(self).await,
             "overload ramp" => overload_ramp::run(self).await,
             "login storm" => login_storm::run(self).await,
+            "secret rotation" => rotation::run(self).await,
+            "logout under load" => logout::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),
         };
         let mut row = result.unwrap_or_else(|e| {
