@@ -73,7 +73,8 @@ pub struct Cache {
     pool: Pool,
     metrics: Arc<Metrics>,
     timeout: Duration,
-    pub key_prefix: String,
+    /// Shared rather than a `String`: every handler clones the state, and with it this.
+    pub key_prefix: Arc<str>,
     /// How long an item read stays cached (`CACHE_ITEM_TTL_MS`).
     pub item_ttl: Duration,
     /// How long a list or search page stays cached (`CACHE_QUERY_TTL_MS`).
@@ -110,7 +111,7 @@ impl Cache {
             pool,
             metrics,
             timeout: settings.timeout,
-            key_prefix: cache.key_prefix.clone(),
+            key_prefix: cache.key_prefix.as_str().into(),
             item_ttl: cache.item_ttl,
             query_ttl: cache.query_ttl,
             // Starts distrustful: see `trust`.
