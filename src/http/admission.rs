@@ -106,19 +106,18 @@ struct Shared {
 }
 
 impl Shared {
-    /// The refusal of `req`, counted and (at most once per [`WARN_EVERY`]) logged.
-    fn refuse(&self, req: &Request, why: Rejected) -> Response<Body> {
+    /// The refusal of `req` after `waited` in the queue, counted and (at most once per
+    /// [`WARN_EVERY`]) logged.
+    fn refuse(&self, req: &Request, why: Rejected, waited: Duration) -> Response<Body> {
         match why {
             Rejected::QueueFull => self.queue_full.inc(),
             Rejected::Timeout => self.queue_timeout.inc(),
         }
-        // Refused without waiting, or after the queue's wait, both under the histogram's
-        // first bucket (10 ms) with the default QUEUE_TIMEOUT_MS: no clock is read for it.
         self.metrics.record_request(
             SHED_ROUTE,
             req.method(),
             StatusCode::SERVICE_UNAVAILABLE,
-            0.0,
+            waited.as_secs_f64(),
         );
         if let Some(refused) = self.warn.due() {
             tracing::warn!(
@@ -243,8 +242,12 @@ where
             };
         }
         if bulkhead.queue_is_full() {
+            // Refused without waiting: no clock is read, the duration is zero.
+            let response = self
+                .shared
+                .refuse(&req, Rejected::QueueFull, Duration::ZERO);
             return AdmissionFuture::Refused {
-                response: Some(self.shared.refuse(&req, Rejected::QueueFull)),
+                response: Some(response),
             };
         }
         // Waiting is the rare path, and a slow one by nature: boxing it costs nothing
@@ -254,13 +257,14 @@ where
         let shared = self.shared.clone();
         AdmissionFuture::Queued {
             future: Box::pin(async move {
+                let queued_at = Instant::now();
                 match shared.bulkhead.enter().await {
                     Ok(permit) => {
                         let response = inner.oneshot(req).await;
                         drop(permit);
                         response
                     }
-                    Err(why) => Ok(shared.refuse(&req, why)),
+                    Err(why) => Ok(shared.refuse(&req, why, queued_at.elapsed())),
                 }
             }),
         }
