@@ -32,7 +32,7 @@ command=("$bin" serve)
     '{"status":"alive","instanceId":"callgrind","uptimeSeconds":12,"timestamp":"2026-11-28T06:00:00.000000Z"}')
 env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" METRICS_PORT="$(free_port)" INSTANCE_ID=callgrind \
     DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL="redis://127.0.0.1:6379" \
-    CACHE_KEY_PREFIX="callgrind:$db:" JWT_SECRET=callgrind-secret-callgrind-secret-0123 \
+    CACHE_KEY_PREFIX="callgrind:$db:" JWT_SECRET="$(openssl rand -base64 48)" \
     LOG_LEVEL=info LOG_FORMAT=json PASSWORD_HASH_MEMORY_KIB=64 PASSWORD_HASH_ITERATIONS=1 \
     CACHE_ITEM_TTL_MS="$ttl" DRAIN_DELAY_MS=0 REDIS_TIMEOUT_MS=10000 REQUEST_TIMEOUT_MS=30000 \
     QUEUE_TIMEOUT_MS=10000 POSTGRES_ACQUIRE_TIMEOUT_MS=10000 \

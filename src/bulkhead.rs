@@ -67,7 +67,7 @@ impl Bulkhead {
     /// A permit, held until dropped. Owned, so it can travel with the work (say, into a
     /// blocking task that outlives the request that started it).
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Rejected> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+        if let Some(permit) = self.try_enter() {
             return Ok(permit);
         }
         let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
@@ -81,6 +81,18 @@ impl Bulkhead {
             Ok(Err(_)) => Err(Rejected::QueueFull),
             Err(_) => Err(Rejected::Timeout),
         }
+    }
+
+    /// A permit if one is free now, without queueing: the path every request takes
+    /// while the replica is not saturated.
+    pub fn try_enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether [`Bulkhead::enter`] would refuse at once for want of room in the queue:
+    /// lets a caller refuse without building anything to wait with.
+    pub fn queue_is_full(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= self.max_queued
     }
 
     /// Work running now.

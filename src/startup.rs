@@ -159,7 +159,10 @@ impl Application {
             let stop = shutdown.clone();
             async move {
                 // The peer's address: failed logins are throttled per account and client.
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                let app =
+                    axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                        SocketAddr,
+                    >(app);
                 axum::serve(api_listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await

@@ -72,7 +72,8 @@ pub struct Cache {
     link: Arc<link::Link>,
     metrics: Arc<Metrics>,
     timeout: Duration,
-    pub key_prefix: String,
+    /// Shared rather than a `String`: every handler clones the state, and with it this.
+    pub key_prefix: Arc<str>,
     /// How long an item read stays cached (`CACHE_ITEM_TTL_MS`).
     pub item_ttl: Duration,
     /// How long a list or search page stays cached (`CACHE_QUERY_TTL_MS`).
@@ -96,7 +97,7 @@ impl Cache {
             link: Arc::new(link::Link::new(client(settings)?, settings.timeout)),
             metrics,
             timeout: settings.timeout,
-            key_prefix: cache.key_prefix.clone(),
+            key_prefix: cache.key_prefix.as_str().into(),
             item_ttl: cache.item_ttl,
             query_ttl: cache.query_ttl,
             // Starts distrustful: see `trust`.

@@ -165,8 +165,9 @@ pub struct Database {
     /// One connection that only the denylist poll uses (see `crate::auth::revocation`):
     /// how fast a logout reaches every replica must not depend on request load either.
     feed_pool: PgPool,
-    /// How to open the migrations' own connection: no `statement_timeout`.
-    migrate_with: PgConnectOptions,
+    /// How to open the migrations' own connection: no `statement_timeout`. Shared: every
+    /// handler clones the state, and cloning the options copies a dozen strings.
+    migrate_with: Arc<PgConnectOptions>,
     metrics: Arc<Metrics>,
     /// Queries started and not yet finished; those beyond the busy connections are waiting
     /// for one, which is how `db_pool_size{state="waiting"}` is derived.
@@ -298,7 +299,7 @@ impl Database {
             pool,
             health_pool,
             feed_pool,
-            migrate_with: settings.connect.clone(),
+            migrate_with: Arc::new(settings.connect.clone()),
             metrics,
             in_flight: Arc::new(AtomicI64::new(0)),
             server_version: Arc::new(OnceLock::new()),

@@ -19,13 +19,15 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Response};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderName, HeaderValue, Response, StatusCode};
 use axum::response::IntoResponse;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::Span;
 use uuid::Uuid;
 
+use super::error::RETRY_AFTER_SECONDS;
 use super::ApiError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -151,6 +153,7 @@ where
                 panicked()
             }
         };
+        let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE;
         let headers = response.headers_mut();
         if let Some(id) = this.request_id.take() {
             // A handler that set its own id keeps it.
@@ -158,6 +161,12 @@ where
         }
         if let Some(instance) = this.instance.take() {
             headers.insert(INSTANCE_ID, instance);
+        }
+        // Every 503 of this port is temporary (starting, draining, a dependency down,
+        // shedding). Here rather than a layer per router: the probes' own layer boxed
+        // every probe's route and future once more.
+        if unavailable {
+            headers.entry(RETRY_AFTER).or_insert(RETRY_AFTER_SECONDS);
         }
         if let Some(started) = this.started {
             log_response(&response, started.elapsed(), this.span);

@@ -134,6 +134,11 @@ impl ApiError {
         }
     }
 
+    /// The JSON body this error answers with, for answers built once ahead of time.
+    pub fn body_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
     fn body(&self) -> ErrorBody {
         let (error, details) = match self {
             ApiError::BadRequest { message, details } => (message.clone(), details.clone()),

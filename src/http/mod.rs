@@ -16,13 +16,15 @@ pub mod request_id;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 
 pub use error::{ApiError, ApiResult, ErrorBody};
 pub use metrics_port::serve_metrics;
 
 use crate::metrics::TrackRequestsLayer;
 use crate::state::AppState;
+pub use admission::Admission;
+use admission::AdmissionLayer;
 use context::RequestContextLayer;
 
 /// Largest accepted request body.
@@ -43,15 +45,19 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// The API port's full application: routes, JSON fallbacks and the middleware stack.
-pub fn app(state: AppState) -> Router {
+/// The API port's full application: admission control around the routes, JSON
+/// fallbacks and the middleware stack. Admission wraps the router itself, so that a
+/// refusal costs no routing and none of the per-route middleware (`admission`).
+pub fn app(state: AppState) -> Admission<Router> {
+    let admission = AdmissionLayer::new(state.admission.clone(), state.metrics.clone());
     let middleware = ServiceBuilder::new()
         .layer(RequestContextLayer::new(&state.metrics.instance))
         .layer(TrackRequestsLayer::new(state.metrics.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    routes(&state)
+    let router = routes(&state)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)
-        .with_state(state)
+        .with_state(state);
+    admission.layer(router)
 }

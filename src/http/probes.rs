@@ -4,6 +4,7 @@
 //! dependency. Field names follow the seed exactly; extra fields only add.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,10 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::health::{HealthStatus, Snapshot, Verdict};
-use crate::http::error::RETRY_AFTER_SECONDS;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 const HEALTH_JSON: &str = "application/health+json";
@@ -29,15 +29,6 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/health/detailed", get(health_detailed))
         .route("/startup", get(startup))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::RETRY_AFTER,
-            retry_after,
-        ))
-}
-
-/// A probe's 503 is temporary (starting, draining, a dependency down), like the data API's.
-fn retry_after<B>(response: &Response<B>) -> Option<HeaderValue> {
-    (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS)
 }
 
 fn now() -> String {
@@ -129,8 +120,17 @@ fn live_json(instance: &str, timestamp: &str) -> JsonOut {
 
 /// Depends on nothing but the process being able to serve HTTP: a database outage must
 /// never make an orchestrator restart replicas.
-async fn live(State(state): State<AppState>) -> Response {
-    live_json(&state.metrics.instance, &now()).into_response(StatusCode::OK)
+///
+/// Takes only the metrics (for the instance name): the most frequent request of all need
+/// not clone the whole state (see the `FromRef` below).
+async fn live(State(metrics): State<Arc<Metrics>>) -> Response {
+    live_json(&metrics.instance, &now()).into_response(StatusCode::OK)
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
 }
 
 fn ready_json(

@@ -110,6 +110,16 @@ impl RequestSeries {
     }
 }
 
+impl Metrics {
+    /// Records a request answered outside the per-route layer (refused before routing):
+    /// the same series and counters as one that went through it.
+    pub fn record_request(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
+        self.request_series
+            .record(self, route, method_label(method), status, seconds);
+        self.request_distribution.inc();
+    }
+}
+
 /// Records `lb_requests_total`, `request_distribution_total`, `request_duration_seconds`
 /// and `active_connections`. The `path` label is the matched route template, never the raw
 /// URL, so random URLs cannot create new series.

@@ -151,6 +151,13 @@ async fn beyond_the_admission_limit_requests_get_an_immediate_retryable_503() {
         assert_eq!(app.get(probe).await.status(), 200, "{probe}");
     }
     assert!(app.refused("queue_full").await >= 1.0);
+    // Shed before routing, yet in the request counter that error-rate alerts read.
+    let shed = metric_value(
+        &app.metrics().await,
+        "lb_requests_total",
+        &[("path", "shed"), ("status", "503")],
+    );
+    assert!(shed >= 1.0, "shed requests missing from lb_requests_total");
 
     lock.rollback().await.expect("release the lock");
     all_served(stuck).await;

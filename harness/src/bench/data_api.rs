@@ -35,12 +35,7 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         }
     };
     let auth = format!("Bearer {}", workload.token);
-    let reads = gets(
-        workload
-            .item_ids
-            .iter()
-            .map(|id| format!("/api/items/{id}")),
-    );
+    let reads = item_reads(&workload);
     let pages = cursor_pages(&bench.client, &base, &workload.token, 4, 5).await?;
     let list = gets(pages);
     let search = gets(
@@ -170,6 +165,16 @@ pub(super) async fn run(bench: &mut Bench) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `GET /api/items/{id}` of every item of the workload's user.
+pub(super) fn item_reads(workload: &Workload) -> Vec<Request> {
+    gets(
+        workload
+            .item_ids
+            .iter()
+            .map(|id| format!("/api/items/{id}")),
+    )
 }
 
 /// The paths of the first `pages` pages of the item list, following `nextCursor`.

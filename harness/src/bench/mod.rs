@@ -10,6 +10,9 @@
 //!   `floors`: the item reads against their floor servers, and with 1 ms added to every
 //!   Redis and PostgreSQL round trip;
 //! - `scaling`: list and search latency as a user's items grow, keyset against OFFSET;
+//! - `overload`: one replica's goodput and p99 against offered load at a fixed admission
+//!   limit (drawn to `docs/overload-curve.svg`), and a refusal's CPU cost beside a served
+//!   request's;
 //! - `load_balancer`: three replicas behind Traefik against one direct.
 //!
 //! The shared plumbing: [`replica`] (a pinned replica, resident memory), [`wrk`] (the load
@@ -26,6 +29,7 @@ mod data_api;
 mod floors;
 mod footprint;
 mod load_balancer;
+mod overload;
 mod probes;
 pub mod replica;
 mod scaling;
@@ -153,6 +157,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if wanted("scaling") {
         eprintln!("== scaling");
         outcome("scaling", scaling::run(&mut bench).await);
+    }
+    if wanted("overload") {
+        eprintln!("== overload");
+        outcome("overload", overload::run(&mut bench).await);
     }
     if wanted("load balancer") {
         eprintln!("== load balancer");

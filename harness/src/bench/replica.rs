@@ -53,6 +53,20 @@ pub fn rss_mib(pid: i32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU time a process has used so far (user and system), in seconds, from
+/// `/proc/PID/stat`: what a request costs the server, whether or not the load generator
+/// could keep it busy.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // USER_HZ: 100 on every Linux this runs on (sysconf(_SC_CLK_TCK)).
+    Some((utime + stime) / 100.0)
+}
+
 /// Samples a process's resident memory every 50 ms and keeps the peak, until dropped.
 pub struct RssPeak {
     peak_kib: Arc<AtomicU64>,

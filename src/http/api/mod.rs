@@ -34,14 +34,18 @@ async fn refuse_while_starting(
 }
 
 /// Every resource of the data API, refused with 503 while the replica is starting, and
-/// behind admission control once it has started.
+/// ended at the server's deadline once it has started. (Shedding wraps the whole router:
+/// `http::app`.)
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(auth::router())
         .merge(items::router())
         .merge(search::router())
         .merge(openapi::router())
-        .route_layer(from_fn_with_state(state.clone(), super::admission::admit))
+        .route_layer(super::admission::DeadlineLayer::new(
+            state.settings.overload.request_timeout,
+            &state.metrics,
+        ))
         .route_layer(from_fn_with_state(
             state.lifecycle.clone(),
             refuse_while_starting,
