@@ -83,6 +83,18 @@ pub struct Cluster {
     /// The signing keys a replica gets when the script (re)starts it: a rollout that
     /// rotates the secret changes them first, and a restart after a crash keeps them.
     jwt_keys: std::sync::Mutex<JwtKeys>,
+    /// Set last in every replica's environment: how a drill points the replicas at a data
+    /// tier of its own (a PostgreSQL cluster, Redis through Sentinel) instead of the proxies.
+    extra_env: Vec<(String, String)>,
+}
+
+/// What a drill changes in the cluster it starts; the default is the plain drill.
+#[derive(Default)]
+pub struct ClusterOptions {
+    /// Private TLS-only servers, reached through the proxies; `None`: the machine's.
+    pub tls: Option<TlsServers>,
+    /// Variables set after the dependencies' ones, so they override them.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// `JWT_SECRET` and `JWT_SECRET_PREVIOUS`.
@@ -152,6 +164,20 @@ impl Cluster {
         state_dir: &Path,
         tls: Option<TlsServers>,
     ) -> anyhow::Result<Self> {
+        let options = ClusterOptions {
+            tls,
+            ..ClusterOptions::default()
+        };
+        Self::start_with_options(timings, state_dir, options).await
+    }
+
+    /// As [`Self::start`], changed by `options`.
+    pub async fn start_with_options(
+        timings: Timings,
+        state_dir: &Path,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        let ClusterOptions { tls, extra_env } = options;
         require_program("curl", "apt-get install curl")?;
         let binary = release_binary()?;
         std::fs::create_dir_all(state_dir)?;
@@ -187,6 +213,7 @@ impl Cluster {
             database,
             tls,
             jwt_keys: std::sync::Mutex::new(JwtKeys::drill()),
+            extra_env,
         };
         let outcome = cluster
             .script(&["--bootstrap", &binary.to_string_lossy()])
@@ -252,6 +279,7 @@ impl Cluster {
             .env("POSTGRES_POOL_MAX", "10")
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         match &keys.previous {
             Some(previous) => command.env("JWT_SECRET_PREVIOUS", previous),

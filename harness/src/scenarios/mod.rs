@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::balancer::{Balancer, BalancerKind};
-use crate::cluster::{Cluster, Timings};
+use crate::cluster::{Cluster, ClusterOptions, Timings};
 use crate::load::{LoadRun, LoadSpec, Workload};
 use crate::proxy::Mode;
 use crate::report::Row;
@@ -85,7 +85,21 @@ impl Drill {
         timings: Timings,
         tls: Option<crate::tls::TlsServers>,
     ) -> anyhow::Result<Self> {
-        let cluster = Cluster::start_with(timings, &dir.join("cluster"), tls).await?;
+        let options = ClusterOptions {
+            tls,
+            ..ClusterOptions::default()
+        };
+        Self::start_with_options(kind, dir, timings, options).await
+    }
+
+    /// As [`Self::start`], the cluster changed by `options` (a data tier of the drill's own).
+    pub async fn start_with_options(
+        kind: BalancerKind,
+        dir: &Path,
+        timings: Timings,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        let cluster = Cluster::start_with_options(timings, &dir.join("cluster"), options).await?;
         let balancer = Balancer::start(kind, &cluster, &dir.join(kind.name())).await?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(32)
