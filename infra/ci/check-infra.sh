@@ -147,7 +147,7 @@ check_compose() {
   fi
   # A throwaway env file from .env.example, its empty secrets filled in.
   env_file="$WORK/compose.env"
-  sed -E 's/^(POSTGRES_PASSWORD|REDIS_PASSWORD|JWT_SECRET|GRAFANA_ADMIN_PASSWORD)=$/\1=check-only/' \
+  sed -E 's/^(POSTGRES_PASSWORD|POSTGRES_SUPERUSER_PASSWORD|POSTGRES_REPLICATION_PASSWORD|PATRONI_RESTAPI_PASSWORD|REDIS_PASSWORD|REDIS_SENTINEL_PASSWORD|JWT_SECRET|GRAFANA_ADMIN_PASSWORD)=$/\1=check-only/' \
     .env.example > "$env_file"
   "$bin" -f docker-compose.ha.yml --env-file "$env_file" config -q || return 1
   # Every ${VAR} the compose file reads is documented in .env.example.
