@@ -17,7 +17,9 @@ SQL
 # Without a stanza every archive_command fails and WAL piles up in pg_wal. A failure
 # here is logged, not fatal: the cluster must come up even when the repository is not
 # ready, and pg_stat_archiver (and `pgbackrest check`) then show that archiving fails.
-if ! pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=cartae stanza-create; then
+# pgBackRest's default configuration is /etc/pgbackrest/pgbackrest.conf, where compose
+# mounts infra/pgbackrest/pgbackrest.conf (PGBACKREST_CONFIG moves it).
+if ! pgbackrest --stanza=cartae stanza-create; then
   echo "post-bootstrap: pgbackrest stanza-create failed: WAL archiving is NOT working;" \
     "fix /etc/pgbackrest/pgbackrest.conf, then run stanza-create on the primary" >&2
 fi
