@@ -409,6 +409,7 @@ sentinel_failover() {
   if redis-cli -p "$s1" sentinel get-master-addr-by-name cartae 2>&1 | grep -q "$r1"; then
     echo "a sentinel answered without its password"; return 1
   fi
+  local killed_at=$EPOCHREALTIME
   { kill -KILL "$master_pid" && wait "$master_pid"; } 2>/dev/null || true
   local addr=""
   for _ in $(seq 1 60); do
@@ -421,7 +422,8 @@ sentinel_failover() {
   local role
   role="$(REDISCLI_AUTH=check-redis redis-cli -p "$r2" role | head -n 1)"
   [[ "$role" == master ]] || { echo "the replica's role is $role after the failover"; return 1; }
-  echo "3 sentinels saw master, replica and each other; killed master, replica promoted"
+  echo "3 sentinels saw master, replica and each other; killed the master, the replica" \
+    "was promoted $(python3 -c "print(f'{$EPOCHREALTIME - $killed_at:.1f}')") s later"
 }
 
 check_promtool_config() {
