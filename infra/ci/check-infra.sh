@@ -230,16 +230,21 @@ PY
   echo "$n --scale commands resolve the database-api service"
 }
 
+# The resolved compose file as JSON in $WORK/compose.json, with the secrets of
+# .env.example filled in.
+compose_json() {
+  local bin env_file="$WORK/compose.env"
+  bin="$(compose_bin)"
+  [[ -f "$env_file" ]] || sed -E 's/^([A-Z_]*PASSWORD|JWT_SECRET)=$/\1=check-only/' .env.example > "$env_file"
+  "$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json > "$WORK/compose.json"
+}
+
 # The Patroni configuration the compose nodes share, against what the rest of the stack
 # expects of it: synchronous replication, a leader lock that can expire before a new
 # one is taken, pgBackRest archiving with the stanza and config path the PITR tooling
 # uses, etcd hosts that are the compose etcd services, and the pool budget.
 check_patroni() {
-  local bin env_file="$WORK/compose.env"
-  bin="$(compose_bin)"
-  [[ -f "$env_file" ]] || sed -E 's/^([A-Z_]*PASSWORD|JWT_SECRET)=$/\1=check-only/' .env.example > "$env_file"
-  "$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json > "$WORK/compose.json" \
-    || return 1
+  compose_json || return 1
   python3 - "$WORK/compose.json" <<'PY'
 import json, re, sys, yaml
 cfg = json.load(open(sys.argv[1]))
@@ -314,11 +319,7 @@ PY
 # through their passwords; then the master is killed and a sentinel must promote the
 # replica.
 check_sentinel() {
-  local bin env_file="$WORK/compose.env"
-  bin="$(compose_bin)"
-  [[ -f "$env_file" ]] || sed -E 's/^([A-Z_]*PASSWORD|JWT_SECRET)=$/\1=check-only/' .env.example > "$env_file"
-  "$bin" -f docker-compose.ha.yml --env-file "$env_file" config --format json > "$WORK/compose.json" \
-    || return 1
+  compose_json || return 1
   python3 - "$WORK/compose.json" <<'PY' || return 1
 import json, sys
 svcs = json.load(open(sys.argv[1]))["services"]
