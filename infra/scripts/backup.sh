@@ -15,12 +15,11 @@
 # so a failed run never leaves a truncated file among the good ones.
 #
 # Restore:  pg_restore --clean --if-exists -d "$DATABASE_URL" BACKUP_ROOT/daily/cartae-....dump
-#   (compose: docker compose -f docker-compose.ha.yml exec -T pg-1 sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" \
-#      pg_restore --clean --if-exists -h pg-1,pg-2 -U cartae_user -d "cartae target_session_attrs=read-write"' < archive.dump)
+#   (compose: docker compose -f docker-compose.ha.yml exec -T postgres \
+#      pg_restore --clean --if-exists -U cartae_user -d cartae < archive.dump)
 #
 # Settings (environment variables):
-#   BACKUP_SOURCE        compose (default): pg_dump inside a PostgreSQL node's container
-#                        (BACKUP_SERVICE, default pg-1), from whichever node is primary;
+#   BACKUP_SOURCE        compose (default): pg_dump inside the postgres service container;
 #                        direct: the local pg_dump, connecting with DATABASE_URL or the
 #                        usual PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE
 #   BACKUP_ROOT          where archives go (default: ./backups)
@@ -29,7 +28,6 @@
 #   KEEP_MONTHLY         default 12
 #   BACKUP_WEEKLY_DAY    day of week for weekly copies, 1 = Monday .. 7 = Sunday (default 7)
 #   POSTGRES_DB, POSTGRES_USER   database and role (compose; defaults cartae, cartae_user)
-#   BACKUP_SERVICE       compose: the PostgreSQL node container to run pg_dump in (pg-1)
 #   COMPOSE_FILE         default: docker-compose.ha.yml at the repository root
 #   COMPOSE_ENV_FILE     default: .env beside the compose file, when present
 #   BACKUP_DATE          override "today" as YYYY-MM-DD (tests, back-fills)
@@ -48,7 +46,6 @@ BACKUP_WEEKLY_DAY="${BACKUP_WEEKLY_DAY:-7}"
 POSTGRES_DB="${POSTGRES_DB:-cartae}"
 POSTGRES_USER="${POSTGRES_USER:-cartae_user}"
 COMPOSE_FILE="${COMPOSE_FILE:-$REPO_ROOT/docker-compose.ha.yml}"
-BACKUP_SERVICE="${BACKUP_SERVICE:-pg-1}"
 COMPOSE_ENV_FILE="${COMPOSE_ENV_FILE:-}"
 BACKUP_DATE="${BACKUP_DATE:-$(date +%Y-%m-%d)}"
 TMP_FILE=""
@@ -77,12 +74,7 @@ compose() {
 dump() {
   case "$BACKUP_SOURCE" in
     compose)
-      # Both nodes, the primary chosen by libpq (the other one may be down, or be the
-      # standby). The password is the container's own POSTGRES_PASSWORD, expanded there.
-      # shellcheck disable=SC2016
-      compose exec -T -e PGDATABASE="$POSTGRES_DB" -e PGUSER="$POSTGRES_USER" "$BACKUP_SERVICE" \
-        sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" exec pg_dump -Fc \
-          -d "host=pg-1,pg-2 port=5432 target_session_attrs=read-write"'
+      compose exec -T postgres pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc
       ;;
     direct)
       if [[ -n "${DATABASE_URL:-}" ]]; then
