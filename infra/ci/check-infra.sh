@@ -301,6 +301,25 @@ for n in etcd:
         bad(f"{n}: etcd must be on the dcs network alone")
 if not cfg["networks"]["dcs"].get("internal"):
     bad("dcs network is not internal")
+# pgBackRest must find, inside these containers, the data directory, socket and repository
+# that Patroni and compose give PostgreSQL. (The file comes with the PITR tooling; where it
+# is not there yet, there is nothing to compare.)
+import configparser, os
+pgbr_path = "infra/pgbackrest/pgbackrest.conf"
+if os.path.exists(pgbr_path):
+    ini = configparser.ConfigParser(interpolation=None, strict=False)
+    ini.read(pgbr_path)
+    want = {
+        ("cartae", "pg1-path"): p["postgresql"]["data_dir"],
+        ("cartae", "pg1-socket-path"): p["postgresql"]["parameters"]["unix_socket_directories"],
+        ("global", "repo1-path"): "/var/lib/pgbackrest",
+    }
+    for (section, key), value in want.items():
+        have = ini.get(section, key, fallback=None)
+        if have != value:
+            bad(f"{pgbr_path}: [{section}] {key} is {have}, the Patroni nodes use {value}")
+else:
+    print(f"{pgbr_path} is not in this tree: its paths were not compared")
 # Every replica only ever connects to the primary, so each node must hold all of them.
 need = int(api["REPLICAS_MAX"]) * (int(api["POSTGRES_POOL_MAX"]) + 2)
 room = int(params["max_connections"]) - int(params["superuser_reserved_connections"])
