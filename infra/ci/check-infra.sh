@@ -349,17 +349,6 @@ patroni_node() {
   STARTED_PIDS+=("$!")
 }
 
-# wait_patroni PORT ENDPOINT: until Patroni's REST API answers 200 there (40 s at most).
-wait_patroni() {
-  local _
-  for _ in $(seq 1 80); do
-    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/$2" 2>/dev/null && return 0
-    sleep 0.5
-  done
-  echo "Patroni on :$1 never answered 200 on /$2"
-  return 1
-}
-
 # The shipped patroni.yml and post-bootstrap hook, run by the real Patroni against a real
 # etcd on loopback (only addresses, paths and the PostgreSQL version moved): the first
 # node bootstraps (the hook creates the service's role, database and pgBackRest stanza,
@@ -439,9 +428,9 @@ patroni_drill() {
   local dir="$1" pg1="$2" pg2="$3" api1="$4" api2="$5"
   local url="postgresql://cartae_user:check-app@127.0.0.1:$pg1,127.0.0.1:$pg2/cartae?target_session_attrs=read-write&connect_timeout=1"
   patroni_node 1
-  wait_patroni "$api1" primary || return 1
+  wait_http "http://127.0.0.1:$api1/primary" 200 || return 1
   patroni_node 2
-  wait_patroni "$api2" replica || return 1
+  wait_http "http://127.0.0.1:$api2/replica" 200 || return 1
   local i sync=""
   for i in $(seq 1 40); do
     sync="$(curl -fsS "http://127.0.0.1:$api1/cluster" | python3 -c \
@@ -471,8 +460,10 @@ patroni_drill() {
   killed_at=$EPOCHREALTIME
   { kill -KILL "${PATRONI_PIDS[1]}" "$postmaster" && wait "${PATRONI_PIDS[1]}"; } 2>/dev/null || true
   for i in $(seq 1 120); do
-    port="$(psql -X -At "$url" -c "INSERT INTO probe VALUES (101) RETURNING inet_server_port()" \
-      2>/dev/null | head -n 1)" && [[ -n "$port" ]] && break
+    # -q: the returned port alone (no command tag), so nothing cuts psql's output short
+    # and a committed insert is never taken for a failed one and repeated.
+    port="$(psql -X -q -At "$url" -c "INSERT INTO probe VALUES (101) RETURNING inet_server_port()" \
+      2>/dev/null)" && [[ -n "$port" ]] && break
     sleep 0.5
   done
   [[ "$port" == "$pg2" ]] || { echo "no write accepted by pg-2 after the primary was killed"; return 1; }
@@ -482,7 +473,7 @@ patroni_drill() {
   [[ "$rows" == 101 ]] || { echo "committed rows were lost"; return 1; }
   # The old primary returns: a standby (rewound if it had diverged), never writable.
   patroni_node 1
-  wait_patroni "$api1" replica || return 1
+  wait_http "http://127.0.0.1:$api1/replica" 200 || return 1
   if PGPASSWORD=check-app psql -X -q -h 127.0.0.1 -p "$pg1" -U cartae_user -d cartae \
       -c "INSERT INTO probe VALUES (102)" 2>/dev/null; then
     echo "the old primary accepted a write after it came back"; return 1
@@ -966,9 +957,10 @@ srv.serve_forever()
 PY
 }
 
+# wait_http URL [TRIES]: until URL answers 2xx, TRIES x 0.2 s at most (default 50: 10 s).
 wait_http() {
   local url="$1" _
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 "${2:-50}"); do
     curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
     sleep 0.2
   done
