@@ -99,7 +99,9 @@ entryPoints:
 providers:
   file:
     directory: "{dynamic}"
-    watch: false
+    # Watched, so a drill can change the servers as the Docker provider does when a
+    # container starts or leaves (`Balancer::publish_traefik`).
+    watch: true
 metrics:
   prometheus:
     entryPoint: metrics
@@ -335,6 +337,18 @@ impl Balancer {
         Some(up)
     }
 
+    /// Rewrites Traefik's router and service from the labels with `cluster`'s replicas as
+    /// servers, as its Docker provider does when a container starts or is gone; Traefik
+    /// watches the file. Written aside then renamed, so Traefik never reads half of it.
+    pub fn publish_traefik(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let dir = self.child.log.parent().context("traefik's directory")?;
+        // Beside the watched directory, not in it: Traefik loads every file there.
+        let next = dir.join("labels.yml.next");
+        std::fs::write(&next, traefik_from_labels(cluster, &[])?)?;
+        std::fs::rename(&next, dir.join("dynamic/labels.yml"))?;
+        Ok(())
+    }
+
     /// A page of the balancer's metrics entry point (HAProxy: its stats frontend).
     async fn stats_page(&self, client: &reqwest::Client, path: &str) -> Option<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
@@ -361,7 +375,7 @@ impl Balancer {
     /// Whether the balancer currently routes to `instance`, from its own metrics.
     pub async fn server_up(&self, client: &reqwest::Client, instance: &Instance) -> Option<bool> {
         let text = self.stats_page(client, "/metrics").await?;
-        let address = format!("127.0.0.1:{}", instance.port);
+        let address = format!("{}:{}", instance.host, instance.port);
         let value = |line: &str| {
             line.rsplit_once(' ')
                 .and_then(|(_, v)| v.trim().parse::<f64>().ok())

@@ -5,17 +5,20 @@
 //! and `resolvers` kept (only the nameserver, ports and timings rewritten), and
 //! Prometheus the shipped `dns_sd_configs` and alert rules, resolving through that DNS
 //! server from a mount namespace of its own (its `/etc/resolv.conf` names dnsmasq).
+//! Traefik, whose Docker provider needs a Docker engine, gets its router and service
+//! rewritten from the shipped labels (`infra/scripts/traefik-labels.py`) at each change,
+//! as that provider would; it watches the file.
 //!
 //! - scale up 3 -> 5 under load: the new replicas get traffic within one discovery round,
 //!   then every replica serves its share within 10 %, and no request fails;
 //! - scale down 5 -> 2 under load: the removed replicas drain (SIGTERM; `/ready` turns 503,
-//!   HAProxy takes each out before it exits) and no request fails;
+//!   the balancer takes each out before it exits) and no request fails;
 //! - after each step Prometheus' `up` and `instance_health` name exactly the live
 //!   replicas, and the replica-count alerts, with the desired count set to the new N,
 //!   are quiet.
 //!
-//! Needs `cargo build --release` first, `haproxy`, `dnsmasq` and `prometheus` on the PATH,
-//! and root (dnsmasq on port 53, `unshare -m`).
+//! Needs `cargo build --release` first, `haproxy`, `traefik`, `dnsmasq` and `prometheus`
+//! on the PATH, and root (dnsmasq on port 53, `unshare -m`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cartae_harness::balancer::{haproxy_dns_config, Balancer};
+use cartae_harness::balancer::{haproxy_dns_config, Balancer, BalancerKind};
 use cartae_harness::cluster::{Cluster, ClusterOptions, Instance, Timings};
 use cartae_harness::dns::Dns;
 use cartae_harness::load::{LoadRun, LoadSpec, Outcome, Workload};
@@ -40,7 +43,6 @@ const EVEN_WITHIN: f64 = 0.10;
 const EVEN_SAMPLE: usize = 500;
 
 const SERVICE: &str = "database-api";
-const BALANCER: &str = "haproxy";
 
 /// The drill's stack: the replicas and everything that discovers them.
 struct Stack {
@@ -58,7 +60,7 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(dir: &Path) -> anyhow::Result<Self> {
+    async fn start(kind: BalancerKind, dir: &Path) -> anyhow::Result<Self> {
         // A block of addresses of the run's own, so another drill's leftovers cannot answer.
         let base = 16 + (uuid::Uuid::new_v4().as_bytes()[0] % 28) * 8;
         let (api_port, metrics_port) = (free_port(), free_port());
@@ -73,9 +75,19 @@ impl Stack {
         let cluster =
             Cluster::start_with_options(Timings::default(), &dir.join("cluster"), options).await?;
         dns.publish(SERVICE, &hosts(&cluster)).await?;
-        let listen = (free_port(), free_port());
-        let config = haproxy_dns_config(&cluster.timings, listen, dns.addr, api_port, DISCOVERY)?;
-        let balancer = Balancer::start_haproxy(&config, listen, &dir.join(BALANCER))?;
+        let balancer = match kind {
+            BalancerKind::Haproxy => {
+                let listen = (free_port(), free_port());
+                let config =
+                    haproxy_dns_config(&cluster.timings, listen, dns.addr, api_port, DISCOVERY)?;
+                Balancer::start_haproxy(&config, listen, &dir.join(kind.name()))?
+            }
+            // Its router and service from the shipped labels, servers from the cluster;
+            // it waits until it routes every replica.
+            BalancerKind::Traefik => {
+                Balancer::start(kind, &cluster, &dir.join(kind.name())).await?
+            }
+        };
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(32)
             .build()?;
@@ -84,7 +96,8 @@ impl Stack {
             .is_none()
         {
             anyhow::bail!(
-                "haproxy did not route the three replicas:\n{}",
+                "{} did not route the three replicas:\n{}",
+                kind.name(),
                 balancer.logs()
             );
         }
@@ -138,12 +151,15 @@ impl Stack {
     }
 
     /// Publishes the live replicas in DNS, as Docker does when containers start or are
-    /// gone; waits for HAProxy to route exactly them and for Prometheus to follow; then
+    /// gone (and to Traefik, as its Docker provider does); waits for the balancer to route exactly them and for Prometheus to follow; then
     /// lets `sample` more requests succeed and stops the load.
     async fn settle(&self, load: LoadRun, sample: usize) -> anyhow::Result<Settled> {
         let began = load.started;
         let published = Instant::now();
         self.dns.publish(SERVICE, &hosts(&self.cluster)).await?;
+        if self.balancer.kind == BalancerKind::Traefik {
+            self.balancer.publish_traefik(&self.cluster)?;
+        }
         let routed = routed_exactly(
             &self.balancer,
             &self.client,
@@ -243,7 +259,7 @@ struct Settled {
     /// When the load began: outcomes count from there.
     began: Instant,
     published: Instant,
-    /// Time until HAProxy routed exactly the live replicas.
+    /// Time until the balancer routed exactly the live replicas.
     routed: Option<Duration>,
     /// From when every live replica was routed: the distribution's window.
     even_from: Instant,
@@ -252,16 +268,17 @@ struct Settled {
 }
 
 impl Settled {
-    /// The step's row: no failed request, HAProxy routed exactly the live replicas, they
+    /// The step's row: no failed request, the balancer routed exactly the live replicas, they
     /// shared the load evenly from then on, and Prometheus followed. Also returns the
     /// distribution, for the notes.
-    fn judge(&self, scenario: &str, budget: &str, live: &Cluster) -> (Row, String) {
-        let mut r = row(scenario, &self.outcomes);
+    fn judge(&self, scenario: &str, budget: &str, stack: &Stack) -> (Row, String) {
+        let live = &stack.cluster;
+        let mut r = row(scenario, stack.balancer.kind, &self.outcomes);
         r.budget = budget.to_owned();
         let names: Vec<String> = live.instances.iter().map(|i| i.name.clone()).collect();
         if self.routed.is_none() {
             r.problems
-                .push(format!("HAProxy did not route exactly {names:?}"));
+                .push(format!("the balancer did not route exactly {names:?}"));
         }
         let from = self.even_from.saturating_duration_since(self.began);
         let spread = distribution(&self.outcomes, from, &names, &mut r.problems);
@@ -303,7 +320,31 @@ fn hosts(cluster: &Cluster) -> Vec<String> {
     cluster.instances.iter().map(|i| i.host.clone()).collect()
 }
 
-/// Time until HAProxy has exactly the cluster's replicas up (from their DNS addresses).
+/// The addresses (`host:port`) the balancer routes to now, by its own account: HAProxy's
+/// slots that DNS filled and that are up, or which of `instances` Traefik has up. `None`
+/// when it could not tell.
+async fn routed(
+    balancer: &Balancer,
+    client: &reqwest::Client,
+    instances: &[Instance],
+) -> Option<Vec<String>> {
+    let mut up = match balancer.kind {
+        BalancerKind::Haproxy => balancer.haproxy_up_addresses(client).await?,
+        BalancerKind::Traefik => {
+            let mut up = Vec::new();
+            for i in instances {
+                if balancer.server_up(client, i).await? {
+                    up.push(format!("{}:{}", i.host, i.port));
+                }
+            }
+            up
+        }
+    };
+    up.sort();
+    Some(up)
+}
+
+/// Time until the balancer routes exactly the cluster's replicas.
 async fn routed_exactly(
     balancer: &Balancer,
     client: &reqwest::Client,
@@ -318,15 +359,15 @@ async fn routed_exactly(
         .collect();
     wanted.sort();
     wait_until(within, || async {
-        balancer.haproxy_up_addresses(client).await.as_ref() == Some(&wanted)
+        routed(balancer, client, &cluster.instances).await.as_ref() == Some(&wanted)
     })
     .await
     .then(|| since.elapsed())
 }
 
 /// The row of a step, counted from first attempts; no failure is allowed.
-fn row(scenario: &str, outcomes: &[Outcome]) -> Row {
-    let mut r = counted(scenario, BALANCER, outcomes);
+fn row(scenario: &str, kind: BalancerKind, outcomes: &[Outcome]) -> Row {
+    let mut r = counted(scenario, kind.name(), outcomes);
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.first_ok()).collect();
     if let Some(first) = failed.first() {
         r.problems.push(format!(
@@ -380,7 +421,8 @@ fn distribution(
     )
 }
 
-/// 3 -> 5: the two new replicas start, DNS publishes them, HAProxy and Prometheus follow.
+/// 3 -> 5: the two new replicas start, discovery publishes them, the balancer and
+/// Prometheus follow.
 async fn scale_up(stack: &mut Stack) -> anyhow::Result<Row> {
     let t = stack.cluster.timings.clone();
     // One discovery round, then the health check's `rise 2` before a new server is up.
@@ -396,9 +438,9 @@ async fn scale_up(stack: &mut Stack) -> anyhow::Result<Row> {
     stack.cluster.add_instances(added).await?;
     let settled = stack.settle(load, EVEN_SAMPLE).await?;
     let (mut r, spread) = settled.judge(
-        "scale up 3 → 5 (DNS discovery)",
+        "scale up 3 → 5",
         "none: new replicas are routed only once ready",
-        &stack.cluster,
+        stack,
     );
     let published_at = settled.published.saturating_duration_since(settled.began);
     let first_traffic: Vec<Option<Duration>> = new_names
@@ -418,7 +460,7 @@ async fn scale_up(stack: &mut Stack) -> anyhow::Result<Row> {
             r.detection = Some(slowest);
             if slowest > bound {
                 r.problems.push(format!(
-                    "a new replica got its first request {slowest:.2?} after DNS published it, \
+                    "a new replica got its first request {slowest:.2?} after discovery published it, \
                      past one discovery round ({bound:?})"
                 ));
             }
@@ -428,7 +470,7 @@ async fn scale_up(stack: &mut Stack) -> anyhow::Result<Row> {
         )),
     }
     r.notes = format!(
-        "first request on the new replicas ≤ {} after DNS (bound {bound:?}); from then on: {spread}; {}",
+        "first request on the new replicas ≤ {} after discovery published them (bound {bound:?}); from then on: {spread}; {}",
         secs(r.detection),
         settled.prometheus_note(5)
     );
@@ -460,7 +502,7 @@ async fn scale_down(stack: &mut Stack, signal: &str) -> anyhow::Result<Row> {
     let mut drains = Vec::new();
     for ((instance, exited), (saw_503, unrouted)) in removed.iter().zip(&watched) {
         drains.push(format!(
-            "{} /ready 503 {}, out of HAProxy at {}, exited at {:.2} s",
+            "{} /ready 503 {}, out of rotation at {}, exited at {:.2} s",
             instance.name,
             if *saw_503 { "seen" } else { "never seen" },
             secs(*unrouted),
@@ -480,16 +522,16 @@ async fn scale_down(stack: &mut Stack, signal: &str) -> anyhow::Result<Row> {
         }
         if !unrouted.is_some_and(|u| u < *exited) {
             problems.push(format!(
-                "{}: HAProxy still routed it when it exited",
+                "{}: the balancer still routed it when it exited",
                 instance.name
             ));
         }
     }
     let settled = stack.settle(load, EVEN_SAMPLE / 2).await?;
     let (mut r, spread) = settled.judge(
-        "scale down 5 → 2 (DNS discovery)",
+        "scale down 5 → 2",
         "none: every removed replica drains",
-        &stack.cluster,
+        stack,
     );
     r.problems.extend(problems);
     let last = slowest(removed.iter().map(|(_, d)| *d));
@@ -504,7 +546,7 @@ async fn scale_down(stack: &mut Stack, signal: &str) -> anyhow::Result<Row> {
 }
 
 /// Every 100 ms until `done`: whether each leaving replica's `/ready` answered 503, and
-/// when HAProxy first stopped routing to it (from `since`).
+/// when the balancer first stopped routing to it (from `since`).
 async fn watch_leaving(
     balancer: &Balancer,
     client: &reqwest::Client,
@@ -514,13 +556,11 @@ async fn watch_leaving(
 ) -> Vec<(bool, Option<Duration>)> {
     let mut seen = vec![(false, None); leaving.len()];
     while !done.load(Ordering::SeqCst) {
-        // No answer from the stats page says nothing about routing: no sample.
-        let Some(up) = balancer.haproxy_up_addresses(client).await else {
-            continue;
-        };
+        // No answer from the balancer says nothing about routing: no routing sample.
+        let up = routed(balancer, client, leaving).await;
         for (instance, (saw_503, unrouted)) in leaving.iter().zip(seen.iter_mut()) {
             let address = format!("{}:{}", instance.host, instance.port);
-            if unrouted.is_none() && !up.contains(&address) {
+            if unrouted.is_none() && up.as_ref().is_some_and(|up| !up.contains(&address)) {
                 *unrouted = Some(since.elapsed());
             }
             let ready = client
@@ -546,19 +586,26 @@ fn secs(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scaling_follows_dns_discovery_under_load() {
-    let dir = cartae_harness::repo_root()
-        .join("ha-logs")
-        .join(format!("test-scale-{}", uuid::Uuid::new_v4().simple()));
-    let mut stack = Stack::start(&dir).await.expect("the scale drill starts");
+/// The two drills run one after the other: each is timing-sensitive.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn drill(kind: BalancerKind) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
+        "test-scale-{}-{}",
+        kind.name(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut stack = Stack::start(kind, &dir)
+        .await
+        .expect("the scale drill starts");
     let mut rows = Vec::new();
     for step in [
         scale_up(&mut stack).await,
         scale_down(&mut stack, "TERM").await,
     ] {
         rows.push(step.unwrap_or_else(|e| {
-            let mut r = row("scale step", &[]);
+            let mut r = row("scale step", kind, &[]);
             r.problems.push(format!("{e:#}"));
             r
         }));
@@ -569,6 +616,23 @@ async fn scaling_follows_dns_discovery_under_load() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         let logs = stack.keep_logs();
-        panic!("the scale drill failed; logs in {logs}:\n{}", table(&rows));
+        panic!(
+            "the scale drill failed behind {}; logs in {logs}:\n{}",
+            kind.name(),
+            table(&rows)
+        );
     }
+}
+
+/// HAProxy's `server-template` on DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_behind_haproxy_follows_dns() {
+    drill(BalancerKind::Haproxy).await;
+}
+
+/// Traefik's router and service rewritten from the shipped labels as its Docker provider
+/// would, on each change; Prometheus still on DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_behind_traefik_follows_its_provider() {
+    drill(BalancerKind::Traefik).await;
 }
