@@ -1,4 +1,5 @@
-//! Three replicas of the release binary, managed through the shipped rolling-update script.
+//! Replicas of the release binary (three unless a drill names its own, which it may add to
+//! or remove from), managed through the shipped rolling-update script.
 //!
 //! Replicas are started, replaced and rolled back only by `infra/scripts/rolling-update.sh`
 //! with `RUNTIME=process`, so the script's own wait and rollback code is what the drill
