@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::cluster::{require_program, Cluster, Instance};
+use crate::cluster::{require_program, Cluster, Instance, Timings};
 use crate::process::{free_port, wait_until, ManagedChild};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,9 @@ entryPoints:
 providers:
   file:
     directory: "{dynamic}"
-    watch: false
+    # Watched, so a drill can change the servers as the Docker provider does when a
+    # container starts or leaves (`Balancer::publish_traefik`).
+    watch: true
 metrics:
   prometheus:
     entryPoint: metrics
@@ -119,11 +121,16 @@ accessLog:
     )
 }
 
+/// The shipped HAProxy configuration's servers line.
+const HAPROXY_TEMPLATE: &str = "    server-template api- 20 database-api:3001\n";
+
+fn shipped_haproxy() -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/haproxy/haproxy.cfg");
+    std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))
+}
+
 /// The shipped HAProxy configuration, pointed at the cluster.
 pub fn haproxy_config(cluster: &Cluster, port: u16, metrics_port: u16) -> anyhow::Result<String> {
-    let shipped = crate::repo_root().join("infra/haproxy/haproxy.cfg");
-    let mut text =
-        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
     // The servers Docker's DNS would fill the template with, named as the template would.
     let servers: String = cluster
         .instances
@@ -131,13 +138,64 @@ pub fn haproxy_config(cluster: &Cluster, port: u16, metrics_port: u16) -> anyhow
         .enumerate()
         .map(|(i, instance)| format!("    server api-{} 127.0.0.1:{}\n", i + 1, instance.port))
         .collect();
+    let text = rewrite(&shipped_haproxy()?, HAPROXY_TEMPLATE, &servers, 1)?;
+    haproxy_on_loopback(text, &cluster.timings, port, metrics_port)
+}
+
+/// The shipped HAProxy configuration with its discovery kept: the `server-template` asks
+/// `nameserver` for `database-api`, whose replicas all serve on `api_port`, every
+/// `discovery` (`hold valid`; a vanished record frees its slot after twice that, the
+/// shipped ratio).
+pub fn haproxy_dns_config(
+    timings: &Timings,
+    listen: (u16, u16),
+    nameserver: std::net::SocketAddr,
+    api_port: u16,
+    discovery: Duration,
+) -> anyhow::Result<String> {
+    let mut text = shipped_haproxy()?;
     text = rewrite(
         &text,
-        "    server-template api- 20 database-api:3001\n",
-        &servers,
+        "nameserver dns1 127.0.0.11:53\n",
+        &format!("nameserver dns1 {nameserver}\n"),
         1,
     )?;
-    let t = &cluster.timings;
+    text = rewrite(
+        &text,
+        HAPROXY_TEMPLATE,
+        &HAPROXY_TEMPLATE.replace(":3001", &format!(":{api_port}")),
+        1,
+    )?;
+    text = rewrite(
+        &text,
+        "    hold valid 5s\n",
+        &format!("    hold valid {}\n", duration_text(discovery)),
+        1,
+    )?;
+    text = rewrite(
+        &text,
+        "    hold obsolete 10s\n",
+        &format!("    hold obsolete {}\n", duration_text(discovery * 2)),
+        1,
+    )?;
+    // The stats page then shows each slot's address (CSV `addr`), which the drill reads
+    // to know which replica DNS put in which slot; it changes nothing else.
+    text = rewrite(
+        &text,
+        "    stats enable\n",
+        "    stats enable\n    stats show-legends\n",
+        1,
+    )?;
+    haproxy_on_loopback(text, timings, listen.0, listen.1)
+}
+
+/// Listen addresses on loopback, and the drill's check timings.
+fn haproxy_on_loopback(
+    mut text: String,
+    t: &Timings,
+    port: u16,
+    metrics_port: u16,
+) -> anyhow::Result<String> {
     text = rewrite(&text, "bind :8080", &format!("bind 127.0.0.1:{port}"), 1)?;
     text = rewrite(
         &text,
@@ -242,6 +300,62 @@ impl Balancer {
         Ok(balancer)
     }
 
+    /// HAProxy with `config` (from [`haproxy_dns_config`]) listening on `listen`; the
+    /// caller waits for the servers it expects, which DNS names, not the cluster.
+    pub fn start_haproxy(config: &str, listen: (u16, u16), dir: &Path) -> anyhow::Result<Self> {
+        require_program("haproxy", "apt-get install haproxy")?;
+        std::fs::create_dir_all(dir)?;
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, config)?;
+        let mut command = Command::new("haproxy");
+        command.arg("-db").arg("-f").arg(&file);
+        let child = ManagedChild::spawn("haproxy", command, dir.join("haproxy.log"))?;
+        Ok(Self {
+            kind: BalancerKind::Haproxy,
+            port: listen.0,
+            metrics_port: listen.1,
+            child,
+        })
+    }
+
+    /// HAProxy's servers with an address that it routes to now (`UP`, or `UP 1/2` going
+    /// down: still routed until its last allowed check fails), as `address:port`, from its
+    /// stats CSV (the exporter's series name the slot, not the address DNS gave it).
+    pub async fn haproxy_up_addresses(&self, client: &reqwest::Client) -> Option<Vec<String>> {
+        let csv = self.stats_page(client, "/stats;csv").await?;
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (svname, status, addr) = (column("svname")?, column("status")?, column("addr")?);
+        let mut up: Vec<String> = lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > addr && !matches!(f[svname], "FRONTEND" | "BACKEND"))
+            .filter(|f| f[status].starts_with("UP") && !f[addr].is_empty())
+            .map(|f| f[addr].to_owned())
+            .collect();
+        up.sort();
+        Some(up)
+    }
+
+    /// Rewrites Traefik's router and service from the labels with `cluster`'s replicas as
+    /// servers, as its Docker provider does when a container starts or is gone; Traefik
+    /// watches the file. Written aside then renamed, so Traefik never reads half of it.
+    pub fn publish_traefik(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let dir = self.child.log.parent().context("traefik's directory")?;
+        // Beside the watched directory, not in it: Traefik loads every file there.
+        let next = dir.join("labels.yml.next");
+        std::fs::write(&next, traefik_from_labels(cluster, &[])?)?;
+        std::fs::rename(&next, dir.join("dynamic/labels.yml"))?;
+        Ok(())
+    }
+
+    /// A page of the balancer's metrics entry point (HAProxy: its stats frontend).
+    async fn stats_page(&self, client: &reqwest::Client, path: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        let response = client.get(url).timeout(Duration::from_secs(2)).send();
+        response.await.ok()?.text().await.ok()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -260,16 +374,8 @@ impl Balancer {
 
     /// Whether the balancer currently routes to `instance`, from its own metrics.
     pub async fn server_up(&self, client: &reqwest::Client, instance: &Instance) -> Option<bool> {
-        let text = client
-            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let address = format!("127.0.0.1:{}", instance.port);
+        let text = self.stats_page(client, "/metrics").await?;
+        let address = format!("{}:{}", instance.host, instance.port);
         let value = |line: &str| {
             line.rsplit_once(' ')
                 .and_then(|(_, v)| v.trim().parse::<f64>().ok())

@@ -1,4 +1,5 @@
-//! Three replicas of the release binary, managed through the shipped rolling-update script.
+//! Replicas of the release binary (three unless a drill names its own, which it may add to
+//! or remove from), managed through the shipped rolling-update script.
 //!
 //! Replicas are started, replaced and rolled back only by `infra/scripts/rolling-update.sh`
 //! with `RUNTIME=process`, so the script's own wait and rollback code is what the drill
@@ -55,16 +56,28 @@ impl Default for Timings {
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub name: String,
+    /// The loopback address it binds (`HOST`): 127.0.0.1, or one of its own when replicas
+    /// share a port and are told apart by address, as containers are.
+    pub host: String,
     pub port: u16,
     pub metrics_port: u16,
 }
 
 impl Instance {
+    /// `api-N` on 127.0.0.1, on ports of its own.
+    pub fn on_loopback(number: usize) -> Self {
+        Self {
+            name: format!("api-{number}"),
+            host: "127.0.0.1".to_owned(),
+            port: free_port(),
+            metrics_port: free_port(),
+        }
+    }
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}:{}{}", self.host, self.port, path)
     }
     pub fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
+        format!("http://{}:{}/metrics", self.host, self.metrics_port)
     }
 }
 
@@ -95,6 +108,8 @@ pub struct ClusterOptions {
     pub tls: Option<TlsServers>,
     /// Variables set after the dependencies' ones, so they override them.
     pub extra_env: Vec<(String, String)>,
+    /// The replicas to start; empty: three, `api-1` to `api-3` on 127.0.0.1.
+    pub instances: Vec<Instance>,
 }
 
 /// `JWT_SECRET` and `JWT_SECRET_PREVIOUS`.
@@ -120,7 +135,7 @@ impl JwtKeys {
 /// may be.
 pub const DRILL_JWT_SECRET: &str = "LElfRZ7YQooGhrbAt-5kVfC8JJIKcDWM2zQuL9UNXgF15pln";
 
-const START_CMD: &str = r#"ports=($API_PORTS); mports=($METRICS_PORTS); i=$((INSTANCE_INDEX - 1)); PORT=${ports[$i]} METRICS_PORT=${mports[$i]} INSTANCE_ID=$INSTANCE exec "$VERSION" serve"#;
+const START_CMD: &str = r#"hosts=($API_HOSTS); ports=($API_PORTS); mports=($METRICS_PORTS); i=$((INSTANCE_INDEX - 1)); HOST=${hosts[$i]} PORT=${ports[$i]} METRICS_PORT=${mports[$i]} INSTANCE_ID=$INSTANCE exec "$VERSION" serve"#;
 
 /// The script's migration step: `$VERSION migrate`, before any replica is replaced.
 const MIGRATE_CMD: &str = r#"exec "$VERSION" migrate"#;
@@ -177,7 +192,11 @@ impl Cluster {
         state_dir: &Path,
         options: ClusterOptions,
     ) -> anyhow::Result<Self> {
-        let ClusterOptions { tls, extra_env } = options;
+        let ClusterOptions {
+            tls,
+            extra_env,
+            mut instances,
+        } = options;
         require_program("curl", "apt-get install curl")?;
         let binary = release_binary()?;
         std::fs::create_dir_all(state_dir)?;
@@ -195,13 +214,9 @@ impl Cluster {
         };
         let pg_proxy = TcpProxy::start(pg_addr, false).await;
         let redis_proxy = TcpProxy::start(redis_addr, false).await;
-        let instances = (1..=3)
-            .map(|i| Instance {
-                name: format!("api-{i}"),
-                port: free_port(),
-                metrics_port: free_port(),
-            })
-            .collect();
+        if instances.is_empty() {
+            instances = (1..=3).map(Instance::on_loopback).collect();
+        }
         let cluster = Self {
             instances,
             state_dir: state_dir.to_owned(),
@@ -255,6 +270,7 @@ impl Cluster {
             .args(args)
             .env("RUNTIME", "process")
             .env("INSTANCES", join(|i| i.name.clone()))
+            .env("API_HOSTS", join(|i| i.host.clone()))
             .env("READY_URLS", join(|i| i.url("/ready")))
             .env("API_PORTS", join(|i| i.port.to_string()))
             .env("METRICS_PORTS", join(|i| i.metrics_port.to_string()))
@@ -266,7 +282,6 @@ impl Cluster {
             .env("PAUSE", t.rollout_pause.as_secs().to_string())
             .env("POLL_INTERVAL", "1")
             .env("STOP_TIMEOUT", (t.drain_delay.as_secs() + 10).to_string())
-            .env("HOST", "127.0.0.1")
             .envs(self.dependency_env())
             .env("CACHE_KEY_PREFIX", &self.key_prefix)
             .env("JWT_SECRET", &keys.current)
@@ -444,6 +459,62 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Starts `added` beside the running replicas, as `--scale` up does, and waits until
+    /// every replica is ready.
+    pub async fn add_instances(&mut self, added: Vec<Instance>) -> anyhow::Result<()> {
+        self.instances.extend(added);
+        self.restart_missing().await
+    }
+
+    /// Stops the replicas `names` together with `signal` (TERM: they drain, as `--scale`
+    /// down stops the containers it removes) and waits up to `within` for them to exit;
+    /// then they are no longer the cluster's. Returns each with how long it took to exit.
+    pub async fn remove_instances(
+        &mut self,
+        names: &[&str],
+        signal: &str,
+        within: Duration,
+    ) -> anyhow::Result<Vec<(Instance, Duration)>> {
+        let mut pids = Vec::new();
+        for name in names {
+            let index = self
+                .instances
+                .iter()
+                .position(|i| i.name == *name)
+                .with_context(|| format!("no replica {name}"))?;
+            pids.push(
+                self.recorded_pid(index)
+                    .with_context(|| format!("{name}: no pid file"))?,
+            );
+        }
+        let sent = Instant::now();
+        for &pid in &pids {
+            // The group first: the script started each replica as a process-group leader.
+            if !send_signal(-pid, signal) {
+                send_signal(pid, signal);
+            }
+        }
+        let exits = pids.iter().map(|&pid| async move {
+            crate::process::wait_until(within, || async { !is_alive(pid) })
+                .await
+                .then(|| sent.elapsed())
+        });
+        let exits = futures::future::join_all(exits).await;
+        let mut removed = Vec::new();
+        for (name, exit) in names.iter().zip(exits) {
+            let took =
+                exit.with_context(|| format!("{name} still running {within:?} after SIG{signal}"))?;
+            let _ = std::fs::remove_file(self.state_dir.join(format!("{name}.pid")));
+            let index = self
+                .instances
+                .iter()
+                .position(|i| i.name == *name)
+                .with_context(|| format!("no replica {name}"))?;
+            removed.push((self.instances.remove(index), took));
+        }
+        Ok(removed)
     }
 
     pub fn stop_all(&self) {

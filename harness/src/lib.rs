@@ -7,6 +7,8 @@
 //!   the shipped `infra/scripts/rolling-update.sh` through its process runtime.
 //! - [`balancer`]: real Traefik with the shipped dynamic configuration, or real HAProxy
 //!   with the shipped configuration, only the server addresses and timings rewritten.
+//! - [`dns`]: a real DNS server (dnsmasq) publishing the replicas under the compose
+//!   service's name, for the drills that discover them as the stack does.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
@@ -19,6 +21,7 @@ pub mod balancer;
 pub mod bench;
 pub mod cluster;
 pub mod database;
+pub mod dns;
 pub mod floor;
 pub mod load;
 pub mod process;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::balancer::Balancer;
 use crate::cluster::{require_program, Cluster};
-use crate::process::{free_port, wait_until, ManagedChild};
+use crate::process::{free_port, send_signal, wait_until, ManagedChild};
 
 pub struct Prometheus {
     pub port: u16,
@@ -65,19 +65,53 @@ pub fn config(
     own_port: u16,
     desired: &Path,
 ) -> anyhow::Result<String> {
-    let shipped = crate::repo_root().join("infra/prometheus/prometheus.yml");
-    let mut text =
-        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
     let targets: String = cluster
         .instances
         .iter()
         .map(|i| format!("          - 127.0.0.1:{}\n", i.metrics_port))
         .collect();
-    text = rewrite(
-        &text,
+    let text = rewrite(
+        &shipped_config()?,
         DNS_DISCOVERY,
         &format!("    static_configs:\n      - targets:\n{targets}"),
     )?;
+    on_loopback(text, balancer, own_port, desired)
+}
+
+/// The shipped `prometheus.yml` with its DNS discovery kept: the replicas' metrics port
+/// is `metrics_port` and the name is asked again every `refresh`; the rest as [`config`].
+/// The name is resolved by the system resolver, which [`Prometheus::start_dns`] points at
+/// the drill's DNS server.
+pub fn dns_config(
+    metrics_port: u16,
+    refresh: Duration,
+    balancer: &Balancer,
+    own_port: u16,
+    desired: &Path,
+) -> anyhow::Result<String> {
+    let discovery = DNS_DISCOVERY
+        .replace("port: 9090", &format!("port: {metrics_port}"))
+        .replace(
+            "refresh_interval: 10s",
+            &format!("refresh_interval: {}ms", refresh.as_millis()),
+        );
+    let text = rewrite(&shipped_config()?, DNS_DISCOVERY, &discovery)?;
+    on_loopback(text, balancer, own_port, desired)
+}
+
+fn shipped_config() -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/prometheus/prometheus.yml");
+    std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))
+}
+
+/// The desired count from `desired`, the balancer and Prometheus itself on loopback, and
+/// a one-second scrape interval.
+fn on_loopback(
+    mut text: String,
+    balancer: &Balancer,
+    own_port: u16,
+    desired: &Path,
+) -> anyhow::Result<String> {
     text = rewrite(&text, DESIRED_RULES, &desired.display().to_string())?;
     text = rewrite(
         &text,
@@ -96,6 +130,14 @@ pub fn config(
     Ok(text)
 }
 
+/// Writes the desired count's rules file in `dir`; returns its path.
+fn write_desired(dir: &Path, replicas: usize) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let desired = dir.join("desired-replicas.yml");
+    std::fs::write(&desired, desired_rules(replicas))?;
+    Ok(desired)
+}
+
 /// The shipped `alerts.yml` with every group evaluated each second instead of every 30 s,
 /// so that a short test sees each rule evaluated.
 pub fn alert_rules() -> anyhow::Result<String> {
@@ -107,17 +149,63 @@ pub fn alert_rules() -> anyhow::Result<String> {
 
 impl Prometheus {
     pub async fn start(cluster: &Cluster, balancer: &Balancer, dir: &Path) -> anyhow::Result<Self> {
-        require_program("prometheus", "apt-get install prometheus")?;
-        std::fs::create_dir_all(dir)?;
         let port = free_port();
-        let desired = dir.join("desired-replicas.yml");
-        std::fs::write(&desired, desired_rules(cluster.instances.len()))?;
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            config(cluster, balancer, port, &desired)?,
-        )?;
+        let desired = write_desired(dir, cluster.instances.len())?;
+        let config = config(cluster, balancer, port, &desired)?;
+        Self::launch(Command::new("prometheus"), &config, port, dir).await
+    }
+
+    /// Prometheus with the shipped DNS discovery ([`dns_config`]), resolving through
+    /// `nameserver` (port 53): it runs in a mount namespace of its own where
+    /// `/etc/resolv.conf` names that server, so the machine's resolver is left alone.
+    /// Needs root (`unshare -m`). `desired` is the replica count the alerts compare with.
+    pub async fn start_dns(
+        nameserver: std::net::IpAddr,
+        metrics_port: u16,
+        refresh: Duration,
+        balancer: &Balancer,
+        desired: usize,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        require_program("unshare", "apt-get install util-linux")?;
+        let port = free_port();
+        let desired = write_desired(dir, desired)?;
+        let config = dns_config(metrics_port, refresh, balancer, port, &desired)?;
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, format!("nameserver {nameserver}\n"))?;
+        let mut command = Command::new("unshare");
+        // `$0` is the resolv.conf; exec keeps the pid, so dropping the child stops Prometheus.
+        command.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/resolv.conf && exec prometheus "$@""#,
+        ]);
+        command.arg(&resolv);
+        Self::launch(command, &config, port, dir).await
+    }
+
+    /// Changes the desired replica count and has Prometheus load it (SIGHUP), as
+    /// restarting compose's prometheus service with a new CARTAE_REPLICAS does.
+    pub fn set_desired(&self, dir: &Path, replicas: usize) -> anyhow::Result<()> {
+        write_desired(dir, replicas)?;
+        if !send_signal(self.child.pid(), "HUP") {
+            bail!("could not signal prometheus to reload");
+        }
+        Ok(())
+    }
+
+    async fn launch(
+        mut command: Command,
+        config: &str,
+        port: u16,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        require_program("prometheus", "apt-get install prometheus")?;
+        std::fs::write(dir.join("prometheus.yml"), config)?;
         std::fs::write(dir.join("alerts.yml"), alert_rules()?)?;
-        let mut command = Command::new("prometheus");
         command
             .arg(format!(
                 "--config.file={}",

@@ -35,7 +35,7 @@ use crate::load::{LoadRun, LoadSpec, Workload};
 use crate::proxy::Mode;
 use crate::report::Row;
 
-pub use shared::metric_sum;
+pub use shared::{counted, metric_sum};
 
 pub struct Drill {
     pub cluster: Cluster,

@@ -84,10 +84,15 @@ impl Window {
 
 /// The row of a scenario, counted from first attempts.
 pub(super) fn row(name: &str, drill: &Drill, outcomes: &[Outcome]) -> Row {
+    counted(name, drill.balancer.kind.name(), outcomes)
+}
+
+/// A row counted from first attempts, for a drill of its own (`harness/tests/`).
+pub fn counted(name: &str, balancer: &'static str, outcomes: &[Outcome]) -> Row {
     let (p50_ms, p95_ms, p99_ms) = percentiles(outcomes);
     Row {
         scenario: name.to_owned(),
-        balancer: drill.balancer.kind.name(),
+        balancer,
         requests: outcomes.len(),
         failed: outcomes.iter().filter(|o| !o.first_ok()).count(),
         retried: outcomes.iter().filter(|o| o.attempts > 1).count(),
