@@ -77,6 +77,11 @@ async fn the_service_follows_the_primary_through_a_failover_without_a_restart() 
     assert_eq!(topology["targetSessionAttrs"], "read-write");
     assert_eq!(topology["hosts"][0]["host"], pair.standby.addr());
     assert_eq!(topology["hosts"][0]["role"], "standby", "{detailed}");
+    // The standby's replication, as the primary sees it, once a check round has read it.
+    app.wait_for("/health/detailed", FOLLOW_WITHIN, |_, body| {
+        body["topology"]["postgres"]["replication"][0]["state"] == "streaming"
+    })
+    .await;
 
     // The primary dies and nothing is promoted yet: no host takes writes.
     pair.primary.crash();
