@@ -82,7 +82,11 @@ impl Drop for ServerDir {
 }
 
 /// Waits until `child`'s log contains `line`, or fails with the log.
-fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_log(
+    child: &mut ManagedChild,
+    line: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while !child.logs().contains(line) {
         if child.has_exited() || Instant::now() > deadline {
@@ -94,7 +98,7 @@ fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyho
 }
 
 /// Stops a server as its operator would (a signal it handles), then waits for it to go.
-fn stop(child: &ManagedChild, signal: &str) {
+pub(crate) fn stop(child: &ManagedChild, signal: &str) {
     send_signal(child.pid(), signal);
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_alive(child.pid()) && Instant::now() < deadline {
@@ -103,7 +107,7 @@ fn stop(child: &ManagedChild, signal: &str) {
 }
 
 /// The uid and gid of the `postgres` account: PostgreSQL refuses to run as root.
-fn postgres_account() -> anyhow::Result<(u32, u32)> {
+pub(crate) fn postgres_account() -> anyhow::Result<(u32, u32)> {
     let id = |flag: &str| -> anyhow::Result<u32> {
         let out = Command::new("id").args([flag, "postgres"]).output()?;
         if !out.status.success() {
@@ -115,7 +119,7 @@ fn postgres_account() -> anyhow::Result<(u32, u32)> {
 }
 
 /// The newest installed PostgreSQL's binaries (Debian's layout).
-fn postgres_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn postgres_bin() -> anyhow::Result<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL server binaries not found in /usr/lib/postgresql")?
         .filter_map(|e| e.ok())
