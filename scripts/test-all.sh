@@ -30,6 +30,8 @@ command -v haproxy >/dev/null || apt_install haproxy
 command -v prometheus >/dev/null || apt_install prometheus
 # The scale drill's DNS server (harness/tests/scale.rs), as Docker's DNS for the service.
 command -v dnsmasq >/dev/null || apt_install dnsmasq-base
+# pgBackRest: the point-in-time recovery drill (harness/tests/pitr.rs) archives and restores with it.
+command -v pgbackrest >/dev/null || apt_install pgbackrest
 # The migration linter that infra/ci/check-infra.sh runs on migrations/.
 command -v squawk >/dev/null || python3 -m pip install -q --disable-pip-version-check squawk-cli
 

@@ -1,9 +1,11 @@
-//! The command line: `serve` (default), `migrate`, `healthcheck`. Everything else lives in
+//! The command line: `serve` (default), `migrate`, `healthcheck`, `cache-bump`. Everything else lives in
 //! the library.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cartae_database_api::cache::stamped::bump_epoch;
+use cartae_database_api::cache::Cache;
 use cartae_database_api::config::{api_port_from_env, Settings};
 use cartae_database_api::db::Database;
 use cartae_database_api::lifecycle::{install_signal_handlers, StartupStep};
@@ -27,6 +29,9 @@ enum Command {
     Migrate,
     /// Exit 0 if the local replica's /ready answers 200, 1 otherwise (for Docker HEALTHCHECK).
     Healthcheck,
+    /// Make every cached entry stale on every replica (after restoring the database to an
+    /// earlier time), then exit.
+    CacheBump,
 }
 
 /// Exit code for a configuration error (EX_CONFIG in sysexits.h).
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => runtime.block_on(healthcheck()),
         Command::Migrate => with_settings(|s| runtime.block_on(migrate(s))),
+        Command::CacheBump => with_settings(|s| runtime.block_on(cache_bump(s))),
         Command::Serve => with_settings(|s| runtime.block_on(serve(s))),
     }
 }
@@ -133,6 +139,30 @@ async fn migrate(settings: Settings) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cartae-database-api: migrations failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Long enough for a Redis reached through Sentinel or TLS; an operator waits for it.
+const CACHE_BUMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn cache_bump(settings: Settings) -> ExitCode {
+    let metrics = std::sync::Arc::new(Metrics::new(&settings.instance_id));
+    let cache = match Cache::new(&settings.redis, &settings.cache, metrics) {
+        Ok(cache) => cache,
+        Err(e) => {
+            eprintln!("cartae-database-api: cache-bump: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match bump_epoch(&cache, CACHE_BUMP_TIMEOUT).await {
+        Ok(()) => {
+            tracing::info!("cache epoch bumped: every cached entry is stale");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cartae-database-api: cache-bump failed (run it again: a second bump is harmless): {e}");
             ExitCode::FAILURE
         }
     }

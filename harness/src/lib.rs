@@ -13,6 +13,7 @@
 //!   request's outcome and latency.
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
 //!   only TLS.
+//! - [`pitr`]: a PostgreSQL archiving its WAL with pgBackRest, and the restore drill.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
@@ -24,6 +25,7 @@ pub mod database;
 pub mod dns;
 pub mod floor;
 pub mod load;
+pub mod pitr;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;

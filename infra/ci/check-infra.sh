@@ -1171,7 +1171,7 @@ backup_round_trip() {
     -c "INSERT INTO backup_probe VALUES ('$marker')" || return 1
   for d in 2026-11-01 2026-11-02 2026-11-08 2026-11-09 2026-11-10 2026-11-11 2026-11-12 \
            2026-11-13 2026-11-14 2026-11-15 2026-11-22 2026-11-29 2026-12-01 2026-12-06; do
-    BACKUP_SOURCE=direct PGHOST=127.0.0.1 PGPORT="${PGPORT:-5432}" \
+    BACKUP_METHOD=dump BACKUP_SOURCE=direct PGHOST=127.0.0.1 PGPORT="${PGPORT:-5432}" \
       PGUSER="${PGUSER:-postgres}" PGDATABASE="$source" BACKUP_ROOT="$root" \
       BACKUP_DATE="$d" KEEP_DAILY=7 KEEP_WEEKLY=4 KEEP_MONTHLY=12 \
       bash infra/scripts/backup.sh > "$WORK/backup.log" 2>&1 \

@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
-# PostgreSQL backup of the Cartae database with daily / weekly / monthly retention
-# (the seed's strategy: keep 7 daily, 4 weekly, 12 monthly).
-#
-#   infra/scripts/backup.sh             one backup now, then prune
-#
-# Run it once a day, e.g. from cron at 00:00 UTC:
+# The one way to back up the Cartae database. Run it once a day, e.g. from cron at 00:00 UTC:
 #   0 0 * * * cd /srv/cartae && infra/scripts/backup.sh >> /var/log/cartae-backup.log 2>&1
 #
-# Each run writes a pg_dump custom-format archive (compressed, restorable table by table
-# with pg_restore) to BACKUP_ROOT/daily/. On BACKUP_WEEKLY_DAY it also keeps a copy in
-# weekly/, on the first day of the month in monthly/ (hard links: no extra space).
-# Then each folder is pruned to its newest N archives. The archive is written under a
-# temporary name and renamed only once pg_dump succeeded and pg_restore can read it,
-# so a failed run never leaves a truncated file among the good ones.
+# BACKUP_METHOD=pgbackrest (the default): a pgBackRest base backup of the stanza `cartae`
+# (infra/pgbackrest/pgbackrest.conf), full on BACKUP_WEEKLY_DAY and differential on the
+# other days. With PostgreSQL archiving every WAL segment to the same repository
+# (archive_command, archive_timeout 30 s), any moment since the oldest kept full backup
+# can be restored: infra/scripts/restore.sh, docs/point-in-time-recovery.md. Retention
+# (4 full, so 4 weeks of restore points) is pgBackRest's own (repo1-retention-*), applied
+# after each backup. The stanza is created on the first run (later runs only check it).
+# Run it against the primary: a standby takes no backup in this configuration.
 #
-# Restore:  pg_restore --clean --if-exists -d "$DATABASE_URL" BACKUP_ROOT/daily/cartae-....dump
-#   (compose: docker compose -f docker-compose.ha.yml exec -T postgres \
-#      pg_restore --clean --if-exists -U cartae_user -d cartae < archive.dump)
+# BACKUP_METHOD=dump: a logical pg_dump export instead, with daily / weekly / monthly
+# retention (the seed's: keep 7 daily, 4 weekly, 12 monthly). It restores one table or
+# one database, or into another PostgreSQL major version, but only to the moment it was
+# taken (RPO one day): an export to keep beside pgBackRest, not a replacement for it.
+# Each run writes a custom-format archive to BACKUP_ROOT/daily/; on BACKUP_WEEKLY_DAY it
+# also keeps a copy in weekly/, on the first day of the month in monthly/ (hard links: no
+# extra space). Then each folder is pruned to its newest N archives. The archive is
+# written under a temporary name and renamed only once pg_dump succeeded and pg_restore
+# can read it, so a failed run never leaves a truncated file among the good ones.
+#   Restore:  pg_restore --clean --if-exists -d "$DATABASE_URL" BACKUP_ROOT/daily/cartae-....dump
 #
 # Settings (environment variables):
-#   BACKUP_SOURCE        compose (default): pg_dump inside the postgres service container;
-#                        direct: the local pg_dump, connecting with DATABASE_URL or the
-#                        usual PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE
-#   BACKUP_ROOT          where archives go (default: ./backups)
-#   KEEP_DAILY           default 7
-#   KEEP_WEEKLY          default 4
-#   KEEP_MONTHLY         default 12
-#   BACKUP_WEEKLY_DAY    day of week for weekly copies, 1 = Monday .. 7 = Sunday (default 7)
-#   POSTGRES_DB, POSTGRES_USER   database and role (compose; defaults cartae, cartae_user)
+#   BACKUP_METHOD        pgbackrest (default) or dump
+#   BACKUP_SOURCE        compose (default): the command runs inside the PostgreSQL service's
+#                        container (BACKUP_SERVICE); direct: on this host (pgbackrest as
+#                        the postgres user; pg_dump connecting with DATABASE_URL or the
+#                        usual PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE)
+#   BACKUP_SERVICE       compose service to run in (default: whichever of pg-1 and pg-2
+#                        is the primary now: pgBackRest backs up from the primary, and
+#                        Patroni may have moved it since the last run)
+#   BACKUP_WEEKLY_DAY    day of week for full backups and weekly copies, 1 = Monday ..
+#                        7 = Sunday (default 7)
+#   BACKUP_TYPE          pgbackrest: full, diff or incr, instead of the weekly rule
+#   PGBACKREST_STANZA    pgbackrest: default cartae (PGBACKREST_* variables reach pgBackRest)
+#   BACKUP_ROOT          dump: where archives go (default: ./backups)
+#   KEEP_DAILY           dump: default 7
+#   KEEP_WEEKLY          dump: default 4
+#   KEEP_MONTHLY         dump: default 12
+#   POSTGRES_DB, POSTGRES_USER   dump, compose: database and role (defaults cartae, cartae_user)
 #   COMPOSE_FILE         default: docker-compose.ha.yml at the repository root
 #   COMPOSE_ENV_FILE     default: .env beside the compose file, when present
 #   BACKUP_DATE          override "today" as YYYY-MM-DD (tests, back-fills)
@@ -37,7 +49,11 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
+BACKUP_METHOD="${BACKUP_METHOD:-pgbackrest}"
 BACKUP_SOURCE="${BACKUP_SOURCE:-compose}"
+BACKUP_SERVICE="${BACKUP_SERVICE:-}"
+BACKUP_TYPE="${BACKUP_TYPE:-}"
+PGBACKREST_STANZA="${PGBACKREST_STANZA:-cartae}"
 BACKUP_ROOT="${BACKUP_ROOT:-./backups}"
 KEEP_DAILY="${KEEP_DAILY:-7}"
 KEEP_WEEKLY="${KEEP_WEEKLY:-4}"
@@ -70,11 +86,27 @@ compose() {
   docker compose "${args[@]}" "$@"
 }
 
+# The compose service to run in: BACKUP_SERVICE, or the PostgreSQL node that is primary.
+primary_service() {
+  if [[ -n "$BACKUP_SERVICE" ]]; then
+    printf '%s\n' "$BACKUP_SERVICE"
+    return
+  fi
+  local svc
+  for svc in pg-1 pg-2; do
+    if [[ "$(compose exec -T -u postgres "$svc" psql -tAc 'SELECT pg_is_in_recovery()' 2>/dev/null)" == f* ]]; then
+      printf '%s\n' "$svc"
+      return
+    fi
+  done
+  die "no primary among pg-1 and pg-2 (is the stack up? set BACKUP_SERVICE to choose)"
+}
+
 # Writes the custom-format dump to stdout.
 dump() {
   case "$BACKUP_SOURCE" in
     compose)
-      compose exec -T postgres pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc
+      compose exec -T "$(primary_service)" pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Fc
       ;;
     direct)
       if [[ -n "${DATABASE_URL:-}" ]]; then
@@ -103,7 +135,39 @@ prune() {
   done
 }
 
-main() {
+# pgbackrest ARGS...: in the PostgreSQL container (as its postgres user), or here.
+pgbackrest_run() {
+  case "$BACKUP_SOURCE" in
+    compose) compose exec -T -u postgres "$(primary_service)" pgbackrest "$@" ;;
+    direct) pgbackrest "$@" ;;
+    *) die "BACKUP_SOURCE must be compose or direct, not '$BACKUP_SOURCE'" ;;
+  esac
+}
+
+# Full on the weekly day, differential otherwise (pgBackRest itself makes the first
+# backup of a stanza full).
+backup_type() {
+  if [[ -n "$BACKUP_TYPE" ]]; then
+    printf '%s\n' "$BACKUP_TYPE"
+  elif [[ "$(date -d "$BACKUP_DATE" +%u)" -eq "$BACKUP_WEEKLY_DAY" ]]; then
+    printf 'full\n'
+  else
+    printf 'diff\n'
+  fi
+}
+
+physical_backup() {
+  local type
+  type="$(backup_type)"
+  [[ "$type" =~ ^(full|diff|incr)$ ]] || die "BACKUP_TYPE must be full, diff or incr, not '$type'"
+  # Idempotent: creates the stanza on the first run, checks it matches on later ones.
+  pgbackrest_run --stanza="$PGBACKREST_STANZA" stanza-create || die "pgbackrest stanza-create failed"
+  log "pgbackrest $type backup of stanza $PGBACKREST_STANZA ($BACKUP_SOURCE)"
+  pgbackrest_run --stanza="$PGBACKREST_STANZA" --type="$type" backup || die "pgbackrest backup failed"
+  log "done; retention is pgBackRest's (repo1-retention-*): pgbackrest --stanza=$PGBACKREST_STANZA info"
+}
+
+logical_backup() {
   local stamp dow dom name daily
   stamp="${BACKUP_DATE//-/}-$(date +%H%M%S)"
   dow="$(date -d "$BACKUP_DATE" +%u)"
@@ -138,6 +202,14 @@ main() {
   prune "$BACKUP_ROOT/weekly" "$KEEP_WEEKLY"
   prune "$BACKUP_ROOT/monthly" "$KEEP_MONTHLY"
   log "done (keeping $KEEP_DAILY daily, $KEEP_WEEKLY weekly, $KEEP_MONTHLY monthly)"
+}
+
+main() {
+  case "$BACKUP_METHOD" in
+    pgbackrest) physical_backup ;;
+    dump) logical_backup ;;
+    *) die "BACKUP_METHOD must be pgbackrest or dump, not '$BACKUP_METHOD'" ;;
+  esac
 }
 
 main "$@"

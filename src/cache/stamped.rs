@@ -23,7 +23,7 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisResult};
 use uuid::Uuid;
 
-use super::Cache;
+use super::{Cache, CacheError};
 
 /// Reads epoch, generation and entry, creating missing counters, in one atomic round trip.
 const LOOKUP_SCRIPT: &str = r"
@@ -107,6 +107,22 @@ pub enum Lookup {
 
 pub fn epoch_key(cache: &Cache) -> String {
     cache.key(format_args!("epoch"))
+}
+
+/// Makes every entry stale, on every replica at once: one `INCR` of the cluster epoch,
+/// within `timeout`. What a replica does when it starts, and what an operator runs
+/// (`cartae-database-api cache-bump`) after restoring the database to an earlier time,
+/// when every cached entry may be newer than the data.
+pub async fn bump_epoch(cache: &Cache, timeout: Duration) -> Result<(), CacheError> {
+    let epoch = epoch_key(cache);
+    cache
+        .exec(timeout, |mut conn| async move {
+            redis::cmd("INCR")
+                .arg(epoch)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
 }
 
 /// The generation of every list and search page of `user`.

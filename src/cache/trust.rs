@@ -131,15 +131,7 @@ async fn repair(cache: &Cache) -> Result<(), CacheError> {
     let trust = &cache.trust;
     if trust.epoch_stale() {
         let wanted = trust.epoch_wanted.load(Ordering::Acquire);
-        let epoch = super::stamped::epoch_key(cache);
-        cache
-            .exec(REPAIR_TIMEOUT, |mut conn| async move {
-                redis::cmd("INCR")
-                    .arg(epoch)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
-            .await?;
+        super::stamped::bump_epoch(cache, REPAIR_TIMEOUT).await?;
         trust.epoch_done.fetch_max(wanted, Ordering::AcqRel);
         tracing::info!("redis cache epoch bumped: every older entry is stale");
         return Ok(());

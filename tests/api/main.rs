@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cache;
+mod cache_bump;
 mod config;
 mod contract;
 mod documented_data;
