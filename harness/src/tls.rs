@@ -82,7 +82,11 @@ impl Drop for ServerDir {
 }
 
 /// Waits until `child`'s log contains `line`, or fails with the log.
-fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_for_log(
+    child: &mut ManagedChild,
+    line: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while !child.logs().contains(line) {
         if child.has_exited() || Instant::now() > deadline {
@@ -94,7 +98,7 @@ fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyho
 }
 
 /// Stops a server as its operator would (a signal it handles), then waits for it to go.
-fn stop(child: &ManagedChild, signal: &str) {
+pub(crate) fn stop(child: &ManagedChild, signal: &str) {
     send_signal(child.pid(), signal);
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_alive(child.pid()) && Instant::now() < deadline {

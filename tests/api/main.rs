@@ -24,5 +24,6 @@ mod pool_budget;
 mod probes;
 mod retention;
 mod search;
+mod sentinel;
 mod tls;
 mod upserts;
