@@ -16,6 +16,9 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 mod pg_hosts;
 mod secrets;
+mod sentinel;
+
+pub use sentinel::SentinelSettings;
 
 pub use pg_hosts::SessionAttrs;
 
@@ -142,6 +145,8 @@ pub struct RedisSettings {
     pub tls: RedisTls,
     /// Upper bound for any single Redis call made on a request path.
     pub timeout: Duration,
+    /// Sentinels that name the master; then the URL's host and port are not used.
+    pub sentinel: Option<SentinelSettings>,
 }
 
 /// PEM contents for Redis over TLS. Without a CA, the platform's roots verify the server.
@@ -694,10 +699,12 @@ fn redis(src: &dyn Source) -> Result<RedisSettings, ConfigError> {
     };
     let tls = redis_tls(src)?;
     check_redis_tls(&url, &tls, src)?;
+    let sentinel = sentinel::sentinels(src, &url)?;
     Ok(RedisSettings {
         url: Secret::new(url),
         tls,
         timeout: millis(src, "REDIS_TIMEOUT_MS", 250, 1)?,
+        sentinel,
     })
 }
 
@@ -1030,6 +1037,26 @@ mod tests {
         assert_eq!(error_var(&[("DATABASE_URL", "mysql://x")]), "DATABASE_URL");
         assert_eq!(error_var(&[("REDIS_URL", "http://x")]), "REDIS_URL");
         assert_eq!(error_var(&[("REDIS_DB", "16")]), "REDIS_DB");
+        assert_eq!(
+            error_var(&[("REDIS_SENTINELS", "h1:26379")]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_SENTINEL_MASTER", "cache")]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        assert_eq!(
+            error_var(&[("REDIS_SENTINEL_PASSWORD", "pw")]),
+            "REDIS_SENTINEL_PASSWORD"
+        );
+        assert_eq!(
+            error_var(&[
+                ("REDIS_SENTINELS", "h1:26379"),
+                ("REDIS_SENTINEL_MASTER", "cache"),
+                ("REDIS_URL", "rediss://cache:6380")
+            ]),
+            "REDIS_URL"
+        );
         assert_eq!(error_var(&[("LOG_FORMAT", "xml")]), "LOG_FORMAT");
         assert_eq!(error_var(&[("LOG_LEVEL", "loud[")]), "LOG_LEVEL");
         assert_eq!(

@@ -14,6 +14,8 @@
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
 //!   only TLS.
 //! - [`pitr`]: a PostgreSQL archiving its WAL with pgBackRest, and the restore drill.
+//! - [`sentinel`]: a private Redis master, replica and three sentinels, for the drills and
+//!   tests where Sentinel fails Redis over.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
@@ -31,6 +33,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod scenarios;
+pub mod sentinel;
 pub mod tls;
 
 use std::path::PathBuf;

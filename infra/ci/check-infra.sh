@@ -828,11 +828,11 @@ check_squawk() {
   return "$status"
 }
 
-# Every environment variable named in src/config.rs is in .env.example (the stack's
+# Every environment variable named in src/config.rs (and its modules) is in .env.example (the stack's
 # reference) and in the README's configuration table.
 check_documented_variables() {
   local var missing=0
-  for var in $(grep -ohE '"[A-Z][A-Z0-9_]{2,}"' src/config.rs | tr -d '"' | sort -u); do
+  for var in $(grep -ohE '"[A-Z][A-Z0-9_]{2,}"' src/config.rs src/config/*.rs | tr -d '"' | sort -u); do
     if ! grep -qE "^#?${var}=" .env.example; then
       echo "$var is read by the service but missing from .env.example"
       missing=1

@@ -13,6 +13,7 @@
 
 pub mod items;
 mod link;
+mod sentinel;
 pub mod stamped;
 pub mod trust;
 
@@ -36,12 +37,22 @@ pub enum CacheError {
 }
 
 /// Where and how to connect: the URL, plus for `rediss://` the CA and client certificate
-/// that the URL cannot carry.
-fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
+/// that the URL cannot carry; or the sentinels, which name the master.
+fn target(settings: &RedisSettings) -> redis::RedisResult<link::Target> {
+    if let Some(sentinels) = &settings.sentinel {
+        tracing::info!(
+            sentinels = ?sentinels.addresses,
+            master = %sentinels.master,
+            "redis master found through the sentinels; the host of REDIS_URL is not used"
+        );
+        return sentinel::Sentinels::new(settings, sentinels, settings.timeout)
+            .map(link::Target::Sentinels);
+    }
     match settings.tls.certificates() {
         Some(certificates) => redis::Client::build_with_tls(settings.url.expose(), certificates),
         None => redis::Client::open(settings.url.expose()),
     }
+    .map(link::Target::Fixed)
 }
 
 /// Whether a Redis error needs the configuration or the server changed before a retry can
@@ -54,7 +65,11 @@ pub fn permanent(error: &CacheError) -> Option<Permanent> {
     match redis.kind() {
         redis::ErrorKind::AuthenticationFailed => Some(Permanent {
             kind: "authentication",
-            hint: "Redis refused the password (REDIS_URL or REDIS_PASSWORD)",
+            hint: "Redis refused the password (REDIS_URL or REDIS_PASSWORD; REDIS_SENTINEL_PASSWORD for the sentinels)",
+        }),
+        redis::ErrorKind::MasterNameNotFoundBySentinel => Some(Permanent {
+            kind: "configuration",
+            hint: "no sentinel knows the master REDIS_SENTINEL_MASTER names",
         }),
         redis::ErrorKind::InvalidClientConfig => Some(Permanent {
             kind: "configuration",
@@ -93,15 +108,20 @@ impl Cache {
         cache: &CacheSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        // Starts distrustful: see `trust`.
+        let trust = Arc::new(trust::Trust::default());
         Ok(Self {
-            link: Arc::new(link::Link::new(client(settings)?, settings.timeout)),
+            link: Arc::new(link::Link::new(
+                target(settings)?,
+                settings.timeout,
+                trust.clone(),
+            )),
             metrics,
             timeout: settings.timeout,
             key_prefix: cache.key_prefix.as_str().into(),
             item_ttl: cache.item_ttl,
             query_ttl: cache.query_ttl,
-            // Starts distrustful: see `trust`.
-            trust: Arc::new(trust::Trust::default()),
+            trust,
             failing: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -173,9 +193,18 @@ impl Cache {
     /// `cache_errors_total`.
     ///
     /// A failed ping loses no write, so it makes no entry suspect (see [`trust`]).
+    /// With sentinels it asks `ROLE` instead, and the sentinels which master they name: a
+    /// master demoted without its clients being cut, or not demoted yet, would otherwise
+    /// keep this replica on it (see [`link::Link::check_named`]). Either failure drops
+    /// the connection, and the next call asks the sentinels again.
     pub async fn ping(&self, timeout: Duration) -> Result<(), CacheError> {
+        let link = self.link.clone();
         let result = self
             .exec(timeout, |mut conn| async move {
+                if link.follows_sentinels() {
+                    sentinel::check_master(&mut conn).await?;
+                    return link.check_named().await;
+                }
                 redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
@@ -202,6 +231,12 @@ impl Cache {
     /// Whether the shared connection is open (for `/health/detailed`).
     pub fn connected(&self) -> bool {
         self.link.connected()
+    }
+
+    /// `host:port` of the master in use when the sentinels name it, `None` without sentinels
+    /// or while no connection is open (for `/health/detailed`).
+    pub fn master(&self) -> Option<String> {
+        self.link.master()
     }
 
     /// Closes the shared connection at shutdown, once the server has drained.

@@ -9,10 +9,11 @@
 //! being served: a Redis hiccup costs at most the entries it could have made stale, never
 //! the whole cache.
 //!
-//! The whole cache is dropped (the cluster-wide epoch bumped, see [`super::stamped`]) in two
+//! The whole cache is dropped (the cluster-wide epoch bumped, see [`super::stamped`]) in three
 //! cases only: when a replica starts, since it cannot know what a predecessor that died
-//! during an outage failed to invalidate; and when more than [`MAX_PENDING`] generations
-//! are pending, which bounds this replica's memory.
+//! during an outage failed to invalidate; when more than [`MAX_PENDING`] generations
+//! are pending, which bounds this replica's memory; and when the sentinels name a new
+//! master ([`Trust::master_changed`]).
 //!
 //! Revoked tokens are not Redis's business: the denylist lives in PostgreSQL and in each
 //! replica's memory (`crate::auth::revocation`), so no Redis loss can resurrect a token.
@@ -69,6 +70,14 @@ impl Trust {
 
     fn want_epoch_bump(&self) {
         self.epoch_wanted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The link now talks to another master than before (a Sentinel failover). Redis
+    /// replicates asynchronously, so increments the old master acknowledged may be missing
+    /// on the new one, and entries they made stale may look fresh there: every entry is
+    /// suspect until the epoch is bumped on the new master.
+    pub fn master_changed(&self) {
+        self.want_epoch_bump();
     }
 
     /// Whether an entry that follows `generation` may be read now.

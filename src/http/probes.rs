@@ -385,8 +385,26 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
             "max": 1,
         },
     });
+    if let Some(sentinel) = &state.settings.redis.sentinel {
+        body["topology"]["redis"] = redis_topology(sentinel, state.cache.master());
+    }
     let code = status_code(verdict.status != HealthStatus::Unhealthy);
     (code, Json(body)).into_response()
+}
+
+/// Which master the sentinels named and this replica uses: `null` while no connection is
+/// open (never connected yet, or dropped until the next call asks the sentinels again).
+fn redis_topology(sentinel: &crate::config::SentinelSettings, master: Option<String>) -> Value {
+    let sentinels: Vec<String> = sentinel
+        .addresses
+        .iter()
+        .map(|(host, port)| format!("{host}:{port}"))
+        .collect();
+    json!({
+        "masterName": sentinel.master,
+        "master": master,
+        "sentinels": sentinels,
+    })
 }
 
 #[cfg(test)]

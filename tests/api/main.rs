@@ -26,5 +26,6 @@ mod primary;
 mod probes;
 mod retention;
 mod search;
+mod sentinel;
 mod tls;
 mod upserts;

@@ -15,6 +15,7 @@ mod login_storm;
 mod logout;
 mod outages;
 mod overload_ramp;
+pub mod redis_sentinel;
 mod rolling;
 mod rotation;
 mod saturation;

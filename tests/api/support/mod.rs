@@ -2,3 +2,4 @@ pub mod api_client;
 pub mod pg_pair;
 pub mod process;
 pub mod proxy;
+pub mod sentinel;
