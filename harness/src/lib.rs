@@ -9,6 +9,8 @@
 //!   with the shipped configuration, only the server addresses and timings rewritten.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
+//! - [`patroni`]: a private PostgreSQL data tier (etcd, two nodes under Patroni, synchronous
+//!   replication) whose primary a drill can kill like a lost machine.
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
 //!   only TLS.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod database;
 pub mod floor;
 pub mod load;
+pub mod patroni;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;

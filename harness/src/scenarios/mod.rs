@@ -35,7 +35,7 @@ use crate::load::{LoadRun, LoadSpec, Workload};
 use crate::proxy::Mode;
 use crate::report::Row;
 
-pub use shared::metric_sum;
+pub use shared::{judge, metric_sum, row, Window};
 
 pub struct Drill {
     pub cluster: Cluster,

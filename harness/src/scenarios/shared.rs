@@ -62,7 +62,7 @@ pub(super) async fn sampling<T, Fut: Future<Output = ()>>(
 
 /// A span of a load run, as offsets from its start.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Window {
+pub struct Window {
     pub from: Duration,
     pub to: Duration,
 }
@@ -83,7 +83,7 @@ impl Window {
 }
 
 /// The row of a scenario, counted from first attempts.
-pub(super) fn row(name: &str, drill: &Drill, outcomes: &[Outcome]) -> Row {
+pub fn row(name: &str, drill: &Drill, outcomes: &[Outcome]) -> Row {
     let (p50_ms, p95_ms, p99_ms) = percentiles(outcomes);
     Row {
         scenario: name.to_owned(),
@@ -131,12 +131,7 @@ pub(super) fn summary<'a>(failed: impl IntoIterator<Item = &'a Outcome>) -> Stri
 /// Holds the row to its failure budget: every first-attempt failure must be one `allowed`
 /// excuses, and a retried request must end in success (a retry that still fails is a
 /// failure the client saw).
-pub(super) fn judge(
-    r: &mut Row,
-    outcomes: &[Outcome],
-    budget: &str,
-    allowed: impl Fn(&Outcome) -> bool,
-) {
+pub fn judge(r: &mut Row, outcomes: &[Outcome], budget: &str, allowed: impl Fn(&Outcome) -> bool) {
     r.budget = budget.to_owned();
     let unexcused: Vec<&Outcome> = outcomes
         .iter()
