@@ -14,7 +14,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
+mod pg_hosts;
 mod secrets;
+
+pub use pg_hosts::SessionAttrs;
 
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +116,12 @@ pub const STATEMENT_TIMEOUT_MARGIN: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
+    /// The first host's options (the only one's, usually).
     pub connect: PgConnectOptions,
+    /// Every host, in the order given, each with the same user, database and TLS settings.
+    /// With several, the service follows whichever accepts `target_session_attrs`.
+    pub hosts: Vec<PgConnectOptions>,
+    pub target_session_attrs: SessionAttrs,
     pub pool_min: u32,
     pub pool_max: u32,
     /// How long a query waits for a pooled connection before a 503.
@@ -463,7 +471,7 @@ fn private_key_pem(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError
 }
 
 fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
-    let connect = match src.get("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
+    let (hosts, asked) = match src.get("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
         Some(url) => {
             let url = url.trim();
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -480,20 +488,21 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
                     ));
                 }
             }
-            let opts = PgConnectOptions::from_str(url).map_err(|e| {
-                ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}"))
-            })?;
-            postgres_tls(opts, &url_tls(url)?)?
+            let tls = url_tls(url)?;
+            let (urls, asked) = pg_hosts::split_url(url)?;
+            let hosts = urls
+                .iter()
+                .map(|url| {
+                    let opts = PgConnectOptions::from_str(url).map_err(|e| {
+                        ConfigError::new("DATABASE_URL", format!("not a PostgreSQL URL: {e}"))
+                    })?;
+                    postgres_tls(opts, &tls)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (hosts, asked)
         }
         None => {
-            let mut opts = PgConnectOptions::new_without_pgpass()
-                .host(&string_or(src, "POSTGRES_HOST", "localhost"))
-                .port(parse_or(src, "POSTGRES_PORT", 5432)?)
-                .database(&string_or(src, "POSTGRES_DB", "cartae"))
-                .username(&string_or(src, "POSTGRES_USER", "postgres"));
-            if let Some(password) = src.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
-                opts = opts.password(&password);
-            }
+            let port = parse_or(src, "POSTGRES_PORT", 5432)?;
             let tls = PgTls {
                 mode: set(src, "POSTGRES_SSLMODE"),
                 root_cert: set(src, "POSTGRES_SSLROOTCERT"),
@@ -502,10 +511,32 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
                 mode_var: "POSTGRES_SSLMODE",
                 root_cert_var: "POSTGRES_SSLROOTCERT",
             };
-            postgres_tls(opts, &tls)?
+            let list = string_or(src, "POSTGRES_HOST", "localhost");
+            let hosts = pg_hosts::split_hosts(&list, port)?
+                .into_iter()
+                .map(|(host, port)| {
+                    let mut opts = PgConnectOptions::new_without_pgpass()
+                        .host(&host)
+                        .port(port)
+                        .database(&string_or(src, "POSTGRES_DB", "cartae"))
+                        .username(&string_or(src, "POSTGRES_USER", "postgres"));
+                    if let Some(password) = src.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
+                        opts = opts.password(&password);
+                    }
+                    postgres_tls(opts, &tls)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (hosts, None)
         }
-    }
-    .application_name("cartae-database-api");
+    };
+    let hosts: Vec<PgConnectOptions> = hosts
+        .into_iter()
+        .map(|opts| opts.application_name("cartae-database-api"))
+        .collect();
+    let target_session_attrs = SessionAttrs::or_default(asked, hosts.len());
+    let Some(connect) = hosts.first().cloned() else {
+        return Err(ConfigError::new("DATABASE_URL", "no host"));
+    };
     let pool_min: u32 = parse_or(src, "POSTGRES_POOL_MIN", 2)?;
     let pool_max: u32 = parse_or(src, "POSTGRES_POOL_MAX", 10)?;
     if pool_max == 0 {
@@ -523,6 +554,8 @@ fn database(src: &dyn Source) -> Result<DatabaseSettings, ConfigError> {
     }
     Ok(DatabaseSettings {
         connect,
+        hosts,
+        target_session_attrs,
         pool_min,
         pool_max,
         acquire_timeout: millis(src, "POSTGRES_ACQUIRE_TIMEOUT_MS", 1_000, 1)?,
@@ -1158,6 +1191,47 @@ mod tests {
             error_var(&[("REDIS_URL", "rediss://cache:6380/#insecure")]),
             "REDIS_URL"
         );
+    }
+
+    #[test]
+    fn several_hosts_follow_the_primary_in_both_forms() {
+        let hosts = |s: &Settings| {
+            s.database
+                .hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.get_host(), h.get_port()))
+                .collect::<Vec<_>>()
+        };
+        let s = Settings::from_source(&env(&[(
+            "DATABASE_URL",
+            "postgres://u:p@h1:5432,h2:5433/cartae?sslmode=disable",
+        )]))
+        .unwrap();
+        assert_eq!(hosts(&s), ["h1:5432", "h2:5433"]);
+        assert_eq!(s.database.target_session_attrs, SessionAttrs::ReadWrite);
+        assert_eq!(s.database.hosts[1].get_database(), Some("cartae"));
+        assert!(matches!(
+            s.database.hosts[1].get_ssl_mode(),
+            PgSslMode::Disable
+        ));
+        let s = Settings::from_source(&env(&[(
+            "DATABASE_URL",
+            "postgres://u@h1,h2/cartae?target_session_attrs=any",
+        )]))
+        .unwrap();
+        assert_eq!(s.database.target_session_attrs, SessionAttrs::Any);
+        let s = Settings::from_source(&env(&[
+            ("POSTGRES_HOST", "h1,h2:5433"),
+            ("POSTGRES_PORT", "6543"),
+        ]))
+        .unwrap();
+        assert_eq!(hosts(&s), ["h1:6543", "h2:5433"]);
+        assert_eq!(s.database.target_session_attrs, SessionAttrs::ReadWrite);
+        let s = Settings::from_source(&env(&[("DATABASE_URL", "postgres://u@h1/cartae")])).unwrap();
+        assert_eq!(s.database.target_session_attrs, SessionAttrs::Any);
+        let bad = "postgres://u@h1,h2/cartae?target_session_attrs=standby";
+        assert_eq!(error_var(&[("DATABASE_URL", bad)]), "DATABASE_URL");
+        assert_eq!(error_var(&[("POSTGRES_HOST", "h1,h2:x")]), "POSTGRES_HOST");
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Drop for ServerDir {
 }
 
 /// Waits until `child`'s log contains `line`, or fails with the log.
-fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyhow::Result<()> {
+pub fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while !child.logs().contains(line) {
         if child.has_exited() || Instant::now() > deadline {
@@ -94,7 +94,7 @@ fn wait_for_log(child: &mut ManagedChild, line: &str, within: Duration) -> anyho
 }
 
 /// Stops a server as its operator would (a signal it handles), then waits for it to go.
-fn stop(child: &ManagedChild, signal: &str) {
+pub fn stop(child: &ManagedChild, signal: &str) {
     send_signal(child.pid(), signal);
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_alive(child.pid()) && Instant::now() < deadline {
@@ -103,7 +103,7 @@ fn stop(child: &ManagedChild, signal: &str) {
 }
 
 /// The uid and gid of the `postgres` account: PostgreSQL refuses to run as root.
-fn postgres_account() -> anyhow::Result<(u32, u32)> {
+pub fn postgres_account() -> anyhow::Result<(u32, u32)> {
     let id = |flag: &str| -> anyhow::Result<u32> {
         let out = Command::new("id").args([flag, "postgres"]).output()?;
         if !out.status.success() {
@@ -115,7 +115,7 @@ fn postgres_account() -> anyhow::Result<(u32, u32)> {
 }
 
 /// The newest installed PostgreSQL's binaries (Debian's layout).
-fn postgres_bin() -> anyhow::Result<PathBuf> {
+pub fn postgres_bin() -> anyhow::Result<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL server binaries not found in /usr/lib/postgresql")?
         .filter_map(|e| e.ok())
@@ -129,6 +129,29 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
         .pop()
         .map(|(_, bin)| bin)
         .context("no PostgreSQL version in /usr/lib/postgresql")
+}
+
+/// A new cluster in `data` (whose parent `postgres` owns): user `postgres`, trust.
+pub fn initdb(bin: &Path, data: &Path) -> anyhow::Result<()> {
+    let (uid, gid) = postgres_account()?;
+    let initdb = Command::new(bin.join("initdb"))
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(data)
+        .uid(uid)
+        .gid(gid)
+        .output()?;
+    if !initdb.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
+    }
+    Ok(())
 }
 
 /// A private PostgreSQL cluster with `ssl=on` and `hostssl` lines only.
@@ -145,23 +168,7 @@ impl TlsPostgres {
         let dir = ServerDir::new("tls-postgres")?;
         let data = dir.path().join("data");
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-        let initdb = Command::new(bin.join("initdb"))
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data)
-            .uid(uid)
-            .gid(gid)
-            .output()?;
-        if !initdb.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
-        }
+        initdb(&bin, &data)?;
         // The server reads its key as its own user, and only from a file no one else reads.
         let (cert, key) = (data.join("server.crt"), data.join("server.key"));
         std::fs::copy(&certificates.server_cert, &cert)?;

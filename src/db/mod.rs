@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod idempotency;
 pub mod items;
+pub mod primary;
 pub mod retention;
 pub mod revocations;
 pub mod users;
@@ -17,13 +18,14 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
 use crate::error::Permanent;
 use crate::lifecycle::StartupStep;
 use crate::metrics::Metrics;
+use primary::Topology;
 
 /// The migrations, embedded in the binary so an image needs no SQL files beside it.
 ///
@@ -68,6 +70,8 @@ pub enum MigrationError {
         .0.as_secs()
     )]
     LockTimeout(Duration),
+    #[error("{0}")]
+    NoPrimary(String),
     #[error(transparent)]
     Failed(#[from] MigrateError),
 }
@@ -78,7 +82,7 @@ impl MigrationError {
     /// hand, or a lock never released will fail the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            MigrationError::Unreachable(_) => true,
+            MigrationError::Unreachable(_) | MigrationError::NoPrimary(_) => true,
             MigrationError::LockTimeout(_) => false,
             MigrationError::Failed(
                 MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _),
@@ -165,9 +169,6 @@ pub struct Database {
     /// One connection that only the denylist poll uses (see `crate::auth::revocation`):
     /// how fast a logout reaches every replica must not depend on request load either.
     feed_pool: PgPool,
-    /// How to open the migrations' own connection: no `statement_timeout`. Shared: every
-    /// handler clones the state, and cloning the options copies a dozen strings.
-    migrate_with: Arc<PgConnectOptions>,
     metrics: Arc<Metrics>,
     /// Queries started and not yet finished; those beyond the busy connections are waiting
     /// for one, which is how `db_pool_size{state="waiting"}` is derived.
@@ -176,6 +177,8 @@ pub struct Database {
     server_version: Arc<OnceLock<String>>,
     /// When the health check last failed; see [`StaleAfterOutage`].
     outages: StaleAfterOutage,
+    /// The hosts, and which one the pools use (see [`primary`]).
+    topology: Arc<Topology>,
 }
 
 /// Records a failed check when dropped unanswered: also when the check's timeout drops it.
@@ -264,7 +267,13 @@ impl Database {
         };
         let outages = StaleAfterOutage::new();
         let stale = outages.clone();
-        let pool = PgPoolOptions::new()
+        let topology = Topology::new(
+            settings.hosts.clone(),
+            settings.target_session_attrs,
+            check_timeout,
+        );
+        let follow = Arc::downgrade(&topology);
+        let pool = follow_primary(PgPoolOptions::new(), &topology)
             .min_connections(settings.pool_min)
             .max_connections(settings.pool_max)
             .acquire_timeout(settings.acquire_timeout)
@@ -272,7 +281,12 @@ impl Database {
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
                 let ping = stale.may_be_stale(meta.idle_for);
+                let moved = follow.upgrade().is_some_and(|t| !t.still_current(meta.age));
                 Box::pin(async move {
+                    if moved {
+                        // Opened on the host the pools left: closed, and another opened.
+                        return Ok(false);
+                    }
                     if ping {
                         // An error closes the connection; the pool then opens another.
                         conn.ping().await?;
@@ -283,27 +297,30 @@ impl Database {
             .connect_lazy_with(with_timeout(settings.statement_timeout));
         // No test before acquire: the check's own query is the test, and a connection it
         // finds broken is closed (see `ping`) so the next round opens a fresh one.
-        let health_pool = PgPoolOptions::new()
+        let health_pool = evict_moved(follow_primary(PgPoolOptions::new(), &topology), &topology)
             .min_connections(0)
             .max_connections(1)
             // Longer than the check's own timeout, which therefore always decides.
             .acquire_timeout(check_timeout * 2)
             .test_before_acquire(false)
             .connect_lazy_with(with_timeout(check_timeout));
-        let feed_pool = PgPoolOptions::new()
+        let feed_pool = evict_moved(follow_primary(PgPoolOptions::new(), &topology), &topology)
             .min_connections(0)
             .max_connections(1)
             .acquire_timeout(FEED_TIMEOUT)
             .connect_lazy_with(with_timeout(FEED_TIMEOUT));
+        topology.register(&pool, settings.statement_timeout);
+        topology.register(&health_pool, check_timeout);
+        topology.register(&feed_pool, FEED_TIMEOUT);
         Self {
             pool,
             health_pool,
             feed_pool,
-            migrate_with: Arc::new(settings.connect.clone()),
             metrics,
             in_flight: Arc::new(AtomicI64::new(0)),
             server_version: Arc::new(OnceLock::new()),
             outages,
+            topology,
         }
     }
 
@@ -317,6 +334,9 @@ impl Database {
         let _guard = InFlightQuery(&self.in_flight);
         let started = Instant::now();
         let result = query.await;
+        if let Err(e) = &result {
+            self.suspect_moved(e);
+        }
         self.metrics.observe_query(
             query_type,
             started.elapsed().as_secs_f64(),
@@ -336,20 +356,63 @@ impl Database {
         let result = self
             .timed("health_check", async {
                 let mut conn = self.health_pool.acquire().await?;
-                let result = sqlx::query("SELECT 1").execute(&mut *conn).await;
+                let result = if self.topology.follows() {
+                    self.check_primary(&mut conn).await
+                } else {
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                };
                 if result.is_err() {
                     // Possibly broken: never hand it to the next round.
                     let _ = conn.close().await;
                 } else {
                     unanswered.0 = None;
                 }
-                result.map(|_| ())
+                result
             })
             .await;
         if let Err(e) = &result {
             self.record_if_permanent(e);
         }
         result
+    }
+
+    /// The check's query with several hosts: is this still a host the service may write
+    /// to? And, on the primary, the standbys' lag, for `/health/detailed`.
+    async fn check_primary(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        self.topology.check_new(conn).await?;
+        self.topology
+            .set_replication(primary::replication(conn).await);
+        Ok(())
+    }
+
+    /// A failed query that may mean the pools point at the wrong host asks for a discovery
+    /// round (single-flight, see [`primary`]). A pool timeout counts only when the pool
+    /// had room: then it was waiting for a new connection, not for a busy one.
+    fn suspect_moved(&self, error: &sqlx::Error) {
+        let pool_could_grow = || self.pool.size() < self.pool.options().get_max_connections();
+        if primary::suggests_moved(error)
+            || (matches!(error, sqlx::Error::PoolTimedOut) && pool_could_grow())
+        {
+            self.topology.trigger();
+        }
+    }
+
+    /// The hosts, which is primary, and the replication lag, for `/health/detailed`.
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// Why the database check fails, when the reason is that no host takes writes.
+    pub fn no_primary(&self) -> Option<String> {
+        self.topology.no_primary()
+    }
+
+    /// After a failed check: look for the primary in the background.
+    pub fn rediscover(&self) {
+        self.topology.trigger();
     }
 
     /// Logs a permanent connection error at ERROR and counts it; returns whether it was.
@@ -373,7 +436,15 @@ impl Database {
         lock_timeout: Duration,
         report: impl Fn(StartupStep),
     ) -> Result<(), MigrationError> {
-        let connect = PgConnection::connect_with(&self.migrate_with);
+        // No `statement_timeout` on the migrations' connection, and on the primary.
+        if self.topology.follows() && self.topology.discover().await.is_none() {
+            return Err(MigrationError::NoPrimary(
+                self.no_primary()
+                    .unwrap_or_else(|| "no writable primary".to_owned()),
+            ));
+        }
+        let target = self.topology.current_target();
+        let connect = PgConnection::connect_with(&target);
         let mut conn = tokio::time::timeout(self.pool.options().get_acquire_timeout(), connect)
             .await
             .map_err(|_| MigrationError::Unreachable(sqlx::Error::PoolTimedOut))?
@@ -470,6 +541,32 @@ impl Database {
     }
 }
 
+/// Refuses, in `after_connect`, a session that does not meet `target_session_attrs`.
+fn follow_primary(options: PgPoolOptions, topology: &Arc<Topology>) -> PgPoolOptions {
+    if !topology.follows() {
+        return options;
+    }
+    let topology = Arc::downgrade(topology);
+    options.after_connect(move |conn, _| {
+        let topology = topology.upgrade();
+        Box::pin(async move {
+            match topology {
+                Some(topology) => topology.check_new(conn).await,
+                None => Ok(()),
+            }
+        })
+    })
+}
+
+/// Closes, in `before_acquire`, a connection opened before the pools moved to another host.
+fn evict_moved(options: PgPoolOptions, topology: &Arc<Topology>) -> PgPoolOptions {
+    let topology = Arc::downgrade(topology);
+    options.before_acquire(move |_, meta| {
+        let current = topology.upgrade().is_none_or(|t| t.still_current(meta.age));
+        Box::pin(async move { Ok(current) })
+    })
+}
+
 /// Whether a failed query may succeed if simply tried again, on this replica or another:
 /// the database is restarting or failing over, the pool or the server is full, the
 /// request's deadline cancelled the statement, or PostgreSQL chose this transaction as a
@@ -487,13 +584,14 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             message.starts_with("unexpected response from SSLRequest")
         }
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 40001 serialization failure, 40P01 deadlock;
+            // 08: connection exception; 25006 read-only transaction (a standby: the
+            // primary moved); 40001 serialization failure, 40P01 deadlock;
             // 53300 too many connections; 57014 statement timeout (our deadline);
             // 57P01..57P03 admin/crash shutdown, cannot connect now (failover, restart).
             code.starts_with("08")
                 || matches!(
                     code.as_ref(),
-                    "40001" | "40P01" | "53300" | "57014" | "57P01" | "57P02" | "57P03"
+                    "25006" | "40001" | "40P01" | "53300" | "57014" | "57P01" | "57P02" | "57P03"
                 )
         }),
         _ => false,

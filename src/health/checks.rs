@@ -66,9 +66,19 @@ async fn dependency<E: std::fmt::Display>(
 
 /// One `SELECT 1` on the check's own connection: no connection is opened per check, and
 /// requests holding every pooled connection cannot make the check wait.
+///
+/// With several hosts, a failed check (an error or a timeout) also asks for a discovery
+/// round, and once a round has found no host that takes writes, that is the message.
 pub async fn database(db: &Database, timeout: Duration, thresholds: Thresholds) -> DependencyCheck {
     let ping = async { db.ping().await.map_err(|e| crate::db::describe(&e)) };
-    dependency(timeout, thresholds, ping).await
+    let mut check = dependency(timeout, thresholds, ping).await;
+    if check.status == CheckStatus::Failed {
+        db.rediscover();
+        if let Some(why) = db.no_primary() {
+            check.message = Some(why);
+        }
+    }
+    check
 }
 
 /// One `PING` on the service's own Redis connection (a failed one drops it: see `cache::link`).

@@ -373,6 +373,8 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         "service": env!("CARGO_PKG_VERSION"),
         "postgres": state.db.server_version(),
     });
+    // Beside the seed's fields: which PostgreSQL host is primary, and the standbys' lag.
+    body["topology"] = json!({ "postgres": state.db.topology().describe() });
     body["pools"] = json!({
         "database": state.db.stats(),
         // One multiplexed connection, shared, never checked out: open (1) or not yet (0).

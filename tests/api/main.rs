@@ -21,6 +21,7 @@ mod outages;
 mod overload;
 mod pagination;
 mod pool_budget;
+mod primary;
 mod probes;
 mod retention;
 mod search;

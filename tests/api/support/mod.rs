@@ -1,3 +1,4 @@
 pub mod api_client;
+pub mod pg_pair;
 pub mod process;
 pub mod proxy;

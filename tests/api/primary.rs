@@ -1,0 +1,119 @@
+//! Following the PostgreSQL primary across hosts (libpq's multi-host URL), on a private
+//! primary and streaming standby: the standby listed first, a crash of the primary with no
+//! writable host left, then a promotion the running service must follow without a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app_with, AppOptions, TestApp};
+use crate::support::pg_pair::{PgPair, DATABASE};
+
+/// A failover on a busy 2-core machine: a promotion, then a discovery round.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(20);
+
+/// Writes until one is created, asserting that every refusal meanwhile was a retryable
+/// 503 with `Retry-After`, never a 500. Returns how many were refused.
+async fn write_until_created(app: &TestApp, token: &str, title: &str) -> usize {
+    let deadline = Instant::now() + FOLLOW_WITHIN;
+    let mut refused = 0;
+    loop {
+        let answer = app
+            .create_item(token, &json!({"type": "note", "title": title}))
+            .await;
+        match answer.status {
+            201 => return refused,
+            503 => {
+                assert!(answer.header("retry-after").is_some(), "{}", answer.body);
+                refused += 1;
+            }
+            other => panic!(
+                "a write during a failover answered {other}: {}",
+                answer.body
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded within {FOLLOW_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_service_follows_the_primary_through_a_failover_without_a_restart() {
+    let mut pair = PgPair::start().await.expect("primary and standby start");
+    // The standby first: the service must find and write to the primary all the same.
+    let url = PgPair::url(
+        &[&pair.standby, &pair.primary],
+        "&target_session_attrs=read-write",
+    );
+    let options = AppOptions {
+        database: Some(DATABASE.to_owned()),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(options.env("DATABASE_URL", &url)).await;
+    let token = app.new_user().await;
+    app.note(&token, "before the failover").await;
+    let (_, detailed) = app.get_json("/health/detailed").await;
+    let topology = &detailed["topology"]["postgres"];
+    assert_eq!(topology["primary"], pair.primary.addr(), "{detailed}");
+    assert_eq!(topology["targetSessionAttrs"], "read-write");
+    assert_eq!(topology["hosts"][0]["host"], pair.standby.addr());
+    assert_eq!(topology["hosts"][0]["role"], "standby", "{detailed}");
+
+    // The primary dies and nothing is promoted yet: no host takes writes.
+    pair.primary.crash();
+    let why = format!(
+        "no writable primary among {}, {}",
+        pair.standby.addr(),
+        pair.primary.addr()
+    );
+    let ready = app
+        .wait_for("/ready", FOLLOW_WITHIN, |status, body| {
+            status == 503 && body.to_string().contains(&why)
+        })
+        .await;
+    assert!(
+        ready["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("database:"),
+        "{ready}"
+    );
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        health["checks"]["database"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&why)),
+        "{health}"
+    );
+    let refused = app
+        .create_item(&token, &json!({"type": "note", "title": "no primary"}))
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    let (_, detailed) = app.get_json("/health/detailed").await;
+    assert!(
+        detailed["topology"]["postgres"]["primary"].is_null(),
+        "{detailed}"
+    );
+
+    // The failover manager promotes the standby: the running service follows it.
+    pair.promote_standby().await.expect("standby promoted");
+    write_until_created(&app, &token, "after the failover").await;
+    app.wait_ready().await;
+    let (_, detailed) = app.get_json("/health/detailed").await;
+    assert_eq!(
+        detailed["topology"]["postgres"]["primary"],
+        pair.standby.addr(),
+        "{detailed}"
+    );
+    let mut conn = pair.standby.connect().await.unwrap();
+    let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM items ORDER BY title")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(titles, ["after the failover", "before the failover"]);
+}
