@@ -6,7 +6,6 @@
 //! Needs `cargo build --release` first, and patroni, etcd and haproxy on the machine
 //! (scripts/test-all.sh installs them). About two minutes.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +17,8 @@ use cartae_harness::load::{Answer, Batches, Kind, LoadRun, LoadSpec, Outcome};
 use cartae_harness::patroni::PatroniCluster;
 use cartae_harness::process::wait_until;
 use cartae_harness::report::{table, Row};
-use cartae_harness::scenarios::{judge, row, Drill, Window};
-use sqlx::{Executor, PgConnection, Row as _};
+use cartae_harness::scenarios::{check_writes_in, judge, row, Drill, Window};
+use sqlx::Executor;
 
 /// Both tests start a data tier of their own; together they would oversubscribe a small
 /// CI machine and stretch each other's failover timings.
@@ -197,12 +196,9 @@ async fn primary_killed(
         .context("no primary before the kill")
         .map_err(no_row)?;
     let new = 1 - old;
-    let load = LoadRun::start(
-        d.client.clone(),
-        d.balancer.url(""),
-        d.workload.clone(),
+    let load = mixed_load(
+        d,
         LoadSpec {
-            mix: [4, 4, 2, 0],
             retry_writes: true,
             // 200 ms apart: 30 s, twice the goal, before a write is given up.
             write_attempts: 150,
@@ -263,7 +259,7 @@ async fn primary_killed(
         .connect(new, DATABASE)
         .await
         .map_err(|e| (e, Some(r.clone())))?;
-    check_writes(&mut conn, &outcomes, &mut r.problems)
+    check_writes_in(&mut conn, &outcomes, &mut r.problems)
         .await
         .map_err(|e| (e, Some(r.clone())))?;
     r.notes = killed_notes(&outcomes, &window, old, tier);
@@ -321,15 +317,7 @@ async fn old_primary_back(d: &Drill, tier: &mut PatroniCluster, old: usize) -> a
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let load = LoadRun::start(
-        d.client.clone(),
-        d.balancer.url(""),
-        d.workload.clone(),
-        LoadSpec {
-            mix: [4, 4, 2, 0],
-            ..LoadSpec::default()
-        },
-    );
+    let load = mixed_load(d, LoadSpec::default());
     // Split brain is watched under the load too.
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(20) && load.successes() < PHASE * 2 {
@@ -355,7 +343,7 @@ async fn old_primary_back(d: &Drill, tier: &mut PatroniCluster, old: usize) -> a
             .push("the primary changed when the old one came back".to_owned());
     }
     let mut primary = tier.connect(new, DATABASE).await?;
-    check_writes(&mut primary, &outcomes, &mut r.problems).await?;
+    check_writes_in(&mut primary, &outcomes, &mut r.problems).await?;
     let refused = standby_refuses_writes(tier, old).await?;
     if !refused {
         r.problems.push(format!(
@@ -435,43 +423,18 @@ async fn same_rows(tier: &PatroniCluster, a: usize, b: usize) -> anyhow::Result<
     Ok(false)
 }
 
-/// Every acknowledged write is in the database (RPO 0), and none is there twice.
-async fn check_writes(
-    conn: &mut PgConnection,
-    outcomes: &[Outcome],
-    problems: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let rows = sqlx::query(
-        "SELECT title, count(*) AS n FROM items WHERE title LIKE 'drill-%' GROUP BY title",
+/// Reads, writes and searches through the balancer, as `spec` says otherwise.
+fn mixed_load(d: &Drill, spec: LoadSpec) -> LoadRun {
+    let spec = LoadSpec {
+        mix: [4, 4, 2, 0],
+        ..spec
+    };
+    LoadRun::start(
+        d.client.clone(),
+        d.balancer.url(""),
+        d.workload.clone(),
+        spec,
     )
-    .fetch_all(&mut *conn)
-    .await?;
-    let counts: HashMap<String, i64> = rows
-        .iter()
-        .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
-        .collect();
-    let duplicated = counts.values().filter(|n| **n > 1).count();
-    if duplicated > 0 {
-        problems.push(format!("{duplicated} writes duplicated by retries"));
-    }
-    let acknowledged: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| o.kind == Kind::Write && o.ok())
-        .collect();
-    let lost = acknowledged
-        .iter()
-        .filter(|o| {
-            let key = o.idempotency_key.as_deref().unwrap_or_default();
-            !counts.contains_key(&format!("drill-{key}"))
-        })
-        .count();
-    if lost > 0 {
-        problems.push(format!(
-            "{lost} of {} acknowledged writes missing on the primary (RPO broken)",
-            acknowledged.len()
-        ));
-    }
-    Ok(())
 }
 
 async fn until_successes(load: &LoadRun, count: usize, within: Duration) {

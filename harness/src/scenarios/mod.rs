@@ -35,7 +35,7 @@ use crate::load::{LoadRun, LoadSpec, Workload};
 use crate::proxy::Mode;
 use crate::report::Row;
 
-pub use shared::{judge, metric_sum, row, Window};
+pub use shared::{check_writes_in, judge, metric_sum, row, Window};
 
 pub struct Drill {
     pub cluster: Cluster,

@@ -434,34 +434,44 @@ impl Drill {
         problems: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let mut conn = self.cluster.database.connect().await?;
-        let rows = sqlx::query(
-            "SELECT title, count(*) AS n FROM items WHERE title LIKE 'drill-%' GROUP BY title",
-        )
-        .fetch_all(&mut conn)
-        .await?;
-        let counts: std::collections::HashMap<String, i64> = rows
-            .iter()
-            .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
-            .collect();
-        let duplicated = counts.values().filter(|n| **n > 1).count();
-        if duplicated > 0 {
-            problems.push(format!("{duplicated} writes duplicated by retries"));
-        }
-        let lost = outcomes
-            .iter()
-            .filter(|o| o.kind == Kind::Write && o.ok())
-            .filter(|o| {
-                !counts.contains_key(&format!(
-                    "drill-{}",
-                    o.idempotency_key.as_deref().unwrap_or_default()
-                ))
-            })
-            .count();
-        if lost > 0 {
-            problems.push(format!(
-                "{lost} acknowledged writes missing from PostgreSQL"
-            ));
-        }
-        Ok(())
+        check_writes_in(&mut conn, outcomes, problems).await
     }
+}
+
+/// [`Drill::check_writes`] against the database `conn` reaches: a drill with a data tier
+/// of its own checks its primary.
+pub async fn check_writes_in(
+    conn: &mut sqlx::PgConnection,
+    outcomes: &[Outcome],
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let rows = sqlx::query(
+        "SELECT title, count(*) AS n FROM items WHERE title LIKE 'drill-%' GROUP BY title",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let counts: std::collections::HashMap<String, i64> = rows
+        .iter()
+        .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
+        .collect();
+    let duplicated = counts.values().filter(|n| **n > 1).count();
+    if duplicated > 0 {
+        problems.push(format!("{duplicated} writes duplicated by retries"));
+    }
+    let lost = outcomes
+        .iter()
+        .filter(|o| o.kind == Kind::Write && o.ok())
+        .filter(|o| {
+            !counts.contains_key(&format!(
+                "drill-{}",
+                o.idempotency_key.as_deref().unwrap_or_default()
+            ))
+        })
+        .count();
+    if lost > 0 {
+        problems.push(format!(
+            "{lost} acknowledged writes missing from PostgreSQL"
+        ));
+    }
+    Ok(())
 }
