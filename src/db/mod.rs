@@ -383,6 +383,10 @@ impl Database {
     /// to? And, on the primary, the standbys' lag, for `/health/detailed`.
     async fn check_primary(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.topology.check_new(conn).await?;
+        if !self.topology.discovered() {
+            // Nothing failed, so no round ran: one, so that every host's role is known.
+            self.topology.trigger();
+        }
         self.topology
             .set_replication(primary::replication(conn).await);
         Ok(())

@@ -292,6 +292,11 @@ impl Topology {
         self.moved_at_ms.store(ms.max(1), Ordering::Relaxed);
     }
 
+    /// Whether a discovery round has run yet.
+    pub fn discovered(&self) -> bool {
+        lock(&self.last).at.is_some()
+    }
+
     /// Why no host can take writes, when the last round found none.
     pub fn no_primary(&self) -> Option<String> {
         let last = lock(&self.last);
@@ -398,4 +403,49 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_session_attribute_accepts_its_sessions() {
+        let primary = Session {
+            in_recovery: false,
+            read_only: false,
+        };
+        let read_only = Session {
+            in_recovery: false,
+            read_only: true,
+        };
+        let standby = Session {
+            in_recovery: true,
+            read_only: true,
+        };
+        let accepted = |attrs| {
+            [primary, read_only, standby]
+                .iter()
+                .map(|s| s.accepts(attrs))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(accepted(SessionAttrs::ReadWrite), [true, false, false]);
+        assert_eq!(accepted(SessionAttrs::Primary), [true, true, false]);
+        assert_eq!(accepted(SessionAttrs::Any), [true, true, true]);
+    }
+
+    #[tokio::test]
+    async fn a_move_retires_only_the_connections_opened_before_it() {
+        let hosts = ["postgres://a:1/db", "postgres://b:2/db"]
+            .map(|url| url.parse::<PgConnectOptions>().unwrap());
+        let topology = Topology::new(hosts.to_vec(), SessionAttrs::ReadWrite, MIN_SPACING);
+        assert!(topology.still_current(Duration::from_secs(3600)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        topology.evict_all();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!topology.still_current(Duration::from_millis(30)));
+        assert!(topology.still_current(Duration::from_millis(5)));
+        assert_eq!(topology.no_primary(), None, "no round has run yet");
+        assert_eq!(topology.describe()["primary"], "a:1");
+    }
 }

@@ -55,12 +55,33 @@ async fn the_service_follows_the_primary_through_a_failover_without_a_restart() 
     let app = spawn_app_with(options.env("DATABASE_URL", &url)).await;
     let token = app.new_user().await;
     app.note(&token, "before the failover").await;
+    {
+        // A replica that does not migrate reaches the standby first with a read; its first
+        // write must go to the primary all the same, refused by no 503.
+        let options = AppOptions {
+            database: Some(DATABASE.to_owned()),
+            ..AppOptions::default()
+        };
+        let reader_first = spawn_app_with(
+            options
+                .env("DATABASE_URL", &url)
+                .env("MIGRATE_ON_START", "false"),
+        )
+        .await;
+        reader_first.new_user().await;
+        reader_first.signal();
+    }
     let (_, detailed) = app.get_json("/health/detailed").await;
     let topology = &detailed["topology"]["postgres"];
     assert_eq!(topology["primary"], pair.primary.addr(), "{detailed}");
     assert_eq!(topology["targetSessionAttrs"], "read-write");
     assert_eq!(topology["hosts"][0]["host"], pair.standby.addr());
     assert_eq!(topology["hosts"][0]["role"], "standby", "{detailed}");
+    // The standby's replication, as the primary sees it, once a check round has read it.
+    app.wait_for("/health/detailed", FOLLOW_WITHIN, |_, body| {
+        body["topology"]["postgres"]["replication"][0]["state"] == "streaming"
+    })
+    .await;
 
     // The primary dies and nothing is promoted yet: no host takes writes.
     pair.primary.crash();
@@ -116,4 +137,49 @@ async fn the_service_follows_the_primary_through_a_failover_without_a_restart() 
         .await
         .unwrap();
     assert_eq!(titles, ["after the failover", "before the failover"]);
+
+    // The primary turns read-only under the service's open connections: a write refused
+    // with 25006 is a retryable 503, and the service stops writing there until it may.
+    // Backends reload their configuration a moment after pg_reload_conf(): writes may
+    // succeed until then, and once refused must be 503, never 500.
+    set_read_only(&mut conn, true).await;
+    let deadline = Instant::now() + FOLLOW_WITHIN;
+    loop {
+        let answer = app
+            .create_item(&token, &json!({"type": "note", "title": "read only"}))
+            .await;
+        match answer.status {
+            201 => assert!(Instant::now() < deadline, "writes never refused"),
+            503 => {
+                assert!(answer.header("retry-after").is_some());
+                break;
+            }
+            other => panic!(
+                "a write to a read-only primary answered {other}: {}",
+                answer.body
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.wait_for("/ready", FOLLOW_WITHIN, |status, body| {
+        status == 503 && body.to_string().contains("no writable primary")
+    })
+    .await;
+    set_read_only(&mut conn, false).await;
+    write_until_created(&app, &token, "writable again").await;
+    app.wait_ready().await;
+}
+
+async fn set_read_only(conn: &mut sqlx::PgConnection, on: bool) {
+    let value = if on { "on" } else { "off" };
+    sqlx::query(&format!(
+        "ALTER SYSTEM SET default_transaction_read_only = {value}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }
