@@ -4,7 +4,8 @@
 #   scripts/test-all.sh
 #
 # 1. starts PostgreSQL and Redis if they are down;
-# 2. installs the real programs the tests drive (Traefik, HAProxy, Prometheus) if missing;
+# 2. installs the real programs the tests drive (Traefik, HAProxy, Prometheus, Patroni,
+#    etcd) if missing;
 # 3. builds the release binary, which the HA drill runs as three replicas;
 # 4. runs the Rust test suite: unit and integration tests against the real servers, and
 #    the HA drill behind real Traefik and HAProxy (harness/tests/ha.rs);
@@ -32,6 +33,9 @@ command -v prometheus >/dev/null || apt_install prometheus
 command -v dnsmasq >/dev/null || apt_install dnsmasq-base
 # pgBackRest: the point-in-time recovery drill (harness/tests/pitr.rs) archives and restores with it.
 command -v pgbackrest >/dev/null || apt_install pgbackrest
+# The PostgreSQL failover drill (harness/tests/pg_failover.rs): Patroni over etcd.
+command -v patroni >/dev/null || apt_install patroni
+command -v etcd >/dev/null || apt_install etcd-server
 # The migration linter that infra/ci/check-infra.sh runs on migrations/.
 command -v squawk >/dev/null || python3 -m pip install -q --disable-pip-version-check squawk-cli
 

@@ -11,6 +11,8 @@
 //!   service's name, for the drills that discover them as the stack does.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
+//! - [`patroni`]: a private PostgreSQL data tier (etcd, two nodes under Patroni, synchronous
+//!   replication) whose primary a drill can kill like a lost machine.
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
 //!   only TLS.
 //! - [`pitr`]: a PostgreSQL archiving its WAL with pgBackRest, and the restore drill.
@@ -27,6 +29,7 @@ pub mod database;
 pub mod dns;
 pub mod floor;
 pub mod load;
+pub mod patroni;
 pub mod pitr;
 pub mod process;
 pub mod prometheus;

@@ -249,6 +249,9 @@ pub struct LoadSpec {
     /// Retry a write with its key on no answer or a 502 to 504. Off unless a scenario
     /// says why a retry is legitimate (a replica killed mid-request).
     pub retry_writes: bool,
+    /// With `retry_writes`, how many times a write is sent at most, 200 ms apart: a few
+    /// outlast a killed replica; a database failover needs its whole window.
+    pub write_attempts: u32,
 }
 
 impl Default for LoadSpec {
@@ -262,6 +265,7 @@ impl Default for LoadSpec {
             batches: Batches::Own { size: 100 },
             sticky: false,
             retry_writes: false,
+            write_attempts: 5,
         }
     }
 }
@@ -489,7 +493,7 @@ async fn one_request(
     let key = (kind == Kind::Write).then(|| uuid::Uuid::new_v4().to_string());
     // The key makes a write's retry safe; reads rely on the load balancer's own retry.
     let max_attempts = if kind == Kind::Write && spec.retry_writes {
-        5
+        spec.write_attempts.max(1)
     } else {
         1
     };

@@ -36,7 +36,7 @@ use crate::load::{LoadRun, LoadSpec, Workload};
 use crate::proxy::Mode;
 use crate::report::Row;
 
-pub use shared::{counted, metric_sum};
+pub use shared::{check_writes_in, counted, judge, metric_sum, row, Window};
 
 pub struct Drill {
     pub cluster: Cluster,

@@ -62,7 +62,7 @@ pub(super) async fn sampling<T, Fut: Future<Output = ()>>(
 
 /// A span of a load run, as offsets from its start.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Window {
+pub struct Window {
     pub from: Duration,
     pub to: Duration,
 }
@@ -83,7 +83,7 @@ impl Window {
 }
 
 /// The row of a scenario, counted from first attempts.
-pub(super) fn row(name: &str, drill: &Drill, outcomes: &[Outcome]) -> Row {
+pub fn row(name: &str, drill: &Drill, outcomes: &[Outcome]) -> Row {
     counted(name, drill.balancer.kind.name(), outcomes)
 }
 
@@ -136,12 +136,7 @@ pub(super) fn summary<'a>(failed: impl IntoIterator<Item = &'a Outcome>) -> Stri
 /// Holds the row to its failure budget: every first-attempt failure must be one `allowed`
 /// excuses, and a retried request must end in success (a retry that still fails is a
 /// failure the client saw).
-pub(super) fn judge(
-    r: &mut Row,
-    outcomes: &[Outcome],
-    budget: &str,
-    allowed: impl Fn(&Outcome) -> bool,
-) {
+pub fn judge(r: &mut Row, outcomes: &[Outcome], budget: &str, allowed: impl Fn(&Outcome) -> bool) {
     r.budget = budget.to_owned();
     let unexcused: Vec<&Outcome> = outcomes
         .iter()
@@ -444,34 +439,44 @@ impl Drill {
         problems: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let mut conn = self.cluster.database.connect().await?;
-        let rows = sqlx::query(
-            "SELECT title, count(*) AS n FROM items WHERE title LIKE 'drill-%' GROUP BY title",
-        )
-        .fetch_all(&mut conn)
-        .await?;
-        let counts: std::collections::HashMap<String, i64> = rows
-            .iter()
-            .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
-            .collect();
-        let duplicated = counts.values().filter(|n| **n > 1).count();
-        if duplicated > 0 {
-            problems.push(format!("{duplicated} writes duplicated by retries"));
-        }
-        let lost = outcomes
-            .iter()
-            .filter(|o| o.kind == Kind::Write && o.ok())
-            .filter(|o| {
-                !counts.contains_key(&format!(
-                    "drill-{}",
-                    o.idempotency_key.as_deref().unwrap_or_default()
-                ))
-            })
-            .count();
-        if lost > 0 {
-            problems.push(format!(
-                "{lost} acknowledged writes missing from PostgreSQL"
-            ));
-        }
-        Ok(())
+        check_writes_in(&mut conn, outcomes, problems).await
     }
+}
+
+/// [`Drill::check_writes`] against the database `conn` reaches: a drill with a data tier
+/// of its own checks its primary.
+pub async fn check_writes_in(
+    conn: &mut sqlx::PgConnection,
+    outcomes: &[Outcome],
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let rows = sqlx::query(
+        "SELECT title, count(*) AS n FROM items WHERE title LIKE 'drill-%' GROUP BY title",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let counts: std::collections::HashMap<String, i64> = rows
+        .iter()
+        .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
+        .collect();
+    let duplicated = counts.values().filter(|n| **n > 1).count();
+    if duplicated > 0 {
+        problems.push(format!("{duplicated} writes duplicated by retries"));
+    }
+    let lost = outcomes
+        .iter()
+        .filter(|o| o.kind == Kind::Write && o.ok())
+        .filter(|o| {
+            !counts.contains_key(&format!(
+                "drill-{}",
+                o.idempotency_key.as_deref().unwrap_or_default()
+            ))
+        })
+        .count();
+    if lost > 0 {
+        problems.push(format!(
+            "{lost} acknowledged writes missing from PostgreSQL"
+        ));
+    }
+    Ok(())
 }
