@@ -26,8 +26,8 @@ async fn drill(kind: BalancerKind) {
     .await
     .expect("the sentinel group starts");
     let options = ClusterOptions {
-        tls: None,
         extra_env: group.env(),
+        ..ClusterOptions::default()
     };
     let drill = Drill::start_with_options(kind, &dir, Timings::default(), options)
         .await
