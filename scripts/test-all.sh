@@ -40,7 +40,7 @@ command -v etcd >/dev/null || apt_install etcd-server
 command -v squawk >/dev/null || python3 -m pip install -q --disable-pip-version-check squawk-cli
 
 cargo build --release -p cartae-database-api
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-8}"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-8}"
 cargo run --release -q -p cartae-harness --bin bench -- --smoke
 
 bash infra/ci/check-infra.sh
