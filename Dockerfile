@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # cartae-database-api: multi-stage build.
 #
 #   1. builder: compiles the dependency graph alone first (from Cargo.toml and Cargo.lock
@@ -14,15 +12,17 @@
 # only); the status marks the container `unhealthy` for operators and tooling, while the
 # load balancer runs its own active check on /ready.
 #
-# Build:  docker build -t cartae-database-api:latest .
+# Build:  DOCKER_BUILDKIT=1 docker build -t cartae-database-api:latest .
+#
+# No `# syntax=` line: it would make BuildKit fetch a frontend image from a registry, and
+# the built-in frontend has everything this file uses, cache mounts included. The base
+# images' stand-ins for machines without a registry: infra/scripts/local-images.sh.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /app
-# sqlx's query! macros read the committed .sqlx/ data instead of a live database.
-ENV SQLX_OFFLINE=true \
-    CARGO_TERM_COLOR=never
+ENV CARGO_TERM_COLOR=never
 
 # Dependency layer: stub sources, real manifests (the workspace's test harness member
 # must be present for the manifest to resolve, but is not built).
@@ -38,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/deps/cartae_database_api* target/release/deps/libcartae_database_api* \
        target/release/.fingerprint/cartae-database-api*
 
-# Application layer: sources, embedded migrations, sqlx offline data (.dockerignore
+# Application layer: sources and embedded migrations (.dockerignore
 # keeps target/, .git/, infra/ and docs out of the context).
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -9,7 +9,11 @@
 # 3. builds the release binary, which the HA drill runs as three replicas;
 # 4. runs the Rust test suite: unit and integration tests against the real servers, and
 #    the HA drill behind real Traefik and HAProxy (harness/tests/ha.rs);
-# 5. checks every deployment artifact (infra/ci/check-infra.sh).
+# 5. checks every deployment artifact (infra/ci/check-infra.sh);
+# 6. the engine tests (harness/tests/engine.rs), a step of their own with their own time
+#    limit: on a real Docker engine (scripts/engine.sh starts one when none answers, and
+#    stops it at the end), the image built from the shipped Dockerfile and the compose
+#    stack up, on the images infra/scripts/local-images.sh makes when none can be pulled.
 #
 # Tests run in parallel (each has its own database, Redis prefix and ports), so more test
 # threads than cores: most of their time is spent waiting on the network.
@@ -44,3 +48,9 @@ cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_TH
 cargo run --release -q -p cartae-harness --bin bench -- --smoke
 
 bash infra/ci/check-infra.sh
+
+eval "$(scripts/engine.sh start)"
+trap 'scripts/engine.sh stop' EXIT
+infra/scripts/local-images.sh
+timeout "${ENGINE_TEST_TIMEOUT:-1800}" \
+  cargo test -p cartae-harness --features engine --test engine -- --test-threads=1

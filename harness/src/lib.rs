@@ -18,6 +18,8 @@
 //! - [`pitr`]: a PostgreSQL archiving its WAL with pgBackRest, and the restore drill.
 //! - [`sentinel`]: a private Redis master, replica and three sentinels, for the drills and
 //!   tests where Sentinel fails Redis over.
+//! - [`engine`]: a real Docker engine: the image built from the shipped Dockerfile and the
+//!   shipped compose stack, which [`scenarios::engine`] drills.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
@@ -27,6 +29,7 @@ pub mod bench;
 pub mod cluster;
 pub mod database;
 pub mod dns;
+pub mod engine;
 pub mod floor;
 pub mod load;
 pub mod patroni;

@@ -69,8 +69,9 @@
 #   CARTAE_API_IMAGE=TARGET (the compose file's one-shot `migrate` service).
 #   Each replica is replaced by a new one started with `docker compose up -d --no-deps
 #   --no-recreate --scale SERVICE=<count + 1>` and CARTAE_API_IMAGE=TARGET, whatever the
-#   replica count (`--scale` works as before, and so does this); readiness is
-#   `cartae-database-api healthcheck` run inside the container; the old one is then
+#   replica count (`--scale` works as before, and so does this); readiness is Docker's
+#   health status `healthy` (the image's HEALTHCHECK asks /ready; Traefik's Docker
+#   provider routes to a container only once it is healthy); the old one is then
 #   stopped (it drains within its stop_grace_period) and removed. The previous image is
 #   pinned by tagging its image id as cartae-database-api:rollback-<stamp>-<id>, so a moved
 #   tag cannot break the rollback. Afterwards set CARTAE_API_IMAGE=TARGET in .env, or a
@@ -250,10 +251,13 @@ compose_migrate() {
   CARTAE_API_IMAGE="$TARGET" compose run --rm --no-deps migrate
 }
 
+# Docker's own health status, not /ready asked from inside: Traefik's Docker provider routes
+# to a container only once Docker marks it healthy (up to one healthcheck interval after
+# /ready turns 200), so retiring the old replica any sooner would leave fewer routed.
 compose_is_ready() {
   local name="$1"
-  docker exec "${PENDING[$name]:-${SERVING[$name]}}" \
-    /usr/local/bin/cartae-database-api healthcheck >/dev/null 2>&1
+  [[ "$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{end}}' \
+    "${PENDING[$name]:-${SERVING[$name]}}" 2>/dev/null)" == healthy ]]
 }
 
 # A container that exits is restarted by its restart policy: keep polling.

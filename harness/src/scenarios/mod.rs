@@ -10,6 +10,7 @@
 mod brownout;
 mod crash;
 mod deadlocks;
+pub mod engine;
 mod failed_rollout;
 mod login_storm;
 mod logout;

@@ -1,0 +1,835 @@
+//! The drill on a real Docker engine: the shipped compose stack, up with the image built
+//! from the shipped Dockerfile, its load sent through Traefik's published port, and each
+//! scenario an operator's own command (`docker compose --scale`, `rolling-update.sh`,
+//! `docker kill`, `docker pause`, `docker network disconnect`). Every request's first
+//! attempt is counted, as on loopback.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::shared::{counted, judge, killed_replica_excuse, Window};
+use crate::engine::docker::{docker, docker_with, health, inspect};
+use crate::engine::stack::{Stack, SERVICE};
+use crate::load::{Kind, LoadRun, LoadSpec, Outcome, Workload};
+use crate::process::wait_until;
+use crate::report::Row;
+
+pub const BALANCER: &str = "Traefik (Docker provider)";
+
+/// Requests per second through Traefik: under its shipped rate limit (100/s per client
+/// address; every request here comes from the one address of Docker's port proxy).
+const RATE: f64 = 40.0;
+
+const NO_FAILURE: &str = "none";
+
+pub struct EngineDrill {
+    pub stack: Stack,
+    client: reqwest::Client,
+    workload: Workload,
+}
+
+/// A client for Traefik's HTTPS entry point, which serves its default self-signed
+/// certificate; no cookie store, so the sticky cookie never pins it.
+pub fn https_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+impl EngineDrill {
+    /// `up` of the stack, then waits until Traefik routes to the three replicas and
+    /// Prometheus scrapes them; the time that took.
+    pub async fn start(image: &str, dir: &Path) -> anyhow::Result<(Self, Duration)> {
+        let stack = Stack::prepare(image, dir).await?;
+        let started = Instant::now();
+        stack.up().await?;
+        let client = https_client()?;
+        if !wait_until(Duration::from_secs(240), || async {
+            routed(&client, &stack).await.len() == 3
+        })
+        .await
+        {
+            stack.save_logs().await;
+            bail!(
+                "Traefik did not route to 3 replicas within 240 s of `up` (logs in {})",
+                stack.dir.display()
+            );
+        }
+        let up = started.elapsed();
+        let workload = Workload::prepare(&client, &stack.url("")).await?;
+        let drill = Self {
+            stack,
+            client,
+            workload,
+        };
+        drill.until_scraped(3, Duration::from_secs(60)).await?;
+        Ok((drill, up))
+    }
+
+    fn load(&self, spec: LoadSpec) -> LoadRun {
+        LoadRun::start(
+            self.client.clone(),
+            self.stack.url(""),
+            self.workload.clone(),
+            LoadSpec {
+                rate: RATE,
+                workers: 4,
+                ..spec
+            },
+        )
+    }
+
+    /// Waits until the load has had `count` more successes (at most 20 s).
+    async fn successes(&self, load: &LoadRun, count: usize) {
+        let target = load.successes() + count;
+        wait_until(Duration::from_secs(20), || async {
+            load.successes() >= target
+        })
+        .await;
+    }
+
+    /// The replicas Prometheus scrapes as up, found by its DNS discovery.
+    pub async fn scraped(&self) -> anyhow::Result<usize> {
+        let url = self.stack.prometheus_url("/api/v1/query");
+        let body: Value = self
+            .client
+            .get(url)
+            .query(&[("query", "count(up{job=\"cartae-api\"} == 1)")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(body["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    async fn until_scraped(&self, count: usize, within: Duration) -> anyhow::Result<()> {
+        let reached = wait_until(within, || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.scraped().await.is_ok_and(|n| n == count)
+        })
+        .await;
+        if !reached {
+            bail!(
+                "Prometheus did not scrape {count} replicas within {within:?} (it scrapes {:?})",
+                self.scraped().await.ok()
+            );
+        }
+        Ok(())
+    }
+
+    async fn until_routed(&self, count: usize, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        wait_until(within, || async {
+            routed(&self.client, &self.stack).await.len() == count
+        })
+        .await
+        .then(|| started.elapsed())
+    }
+
+    /// The scale row: `--scale database-api=5`, then `=2`, under load.
+    pub async fn scale(&self) -> anyhow::Result<Row> {
+        let load = self.load(LoadSpec::default());
+        self.successes(&load, 40).await;
+        let mut problems = Vec::new();
+        let started = Instant::now();
+        self.stack
+            .compose(&[
+                "up",
+                "-d",
+                "--no-build",
+                "--no-recreate",
+                "--scale",
+                "database-api=5",
+                SERVICE,
+            ])
+            .await?;
+        let up = self.until_routed(5, Duration::from_secs(90)).await;
+        if up.is_none() {
+            problems.push("Traefik did not route to 5 replicas within 90 s".to_owned());
+        }
+        if let Err(e) = self.until_scraped(5, Duration::from_secs(60)).await {
+            problems.push(e.to_string());
+        }
+        self.successes(&load, 40).await;
+        let down_at = Instant::now();
+        self.stack
+            .compose(&[
+                "up",
+                "-d",
+                "--no-build",
+                "--no-recreate",
+                "--scale",
+                "database-api=2",
+                SERVICE,
+            ])
+            .await?;
+        let down = self.until_routed(2, Duration::from_secs(60)).await;
+        if down.is_none() {
+            problems.push("Traefik did not route to exactly 2 replicas within 60 s".to_owned());
+        }
+        if let Err(e) = self.until_scraped(2, Duration::from_secs(60)).await {
+            problems.push(e.to_string());
+        }
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("scale: 3 → 5 → 2", BALANCER, &outcomes);
+        r.problems = problems;
+        judge(&mut r, &outcomes, NO_FAILURE, |_| false);
+        r.detection = up;
+        r.recovery = down;
+        r.notes = format!(
+            "`docker compose up -d --scale database-api=5`, then `=2` (compose drains the 3 \
+             it removes: SIGTERM, {:.0} s in all); detection = until Traefik routes to 5, \
+             recovery = from the scale-down until it routes to 2; Prometheus followed both \
+             through DNS, no file edited",
+            down_at.duration_since(started).as_secs_f64()
+        );
+        // Back to three for the next scenario.
+        self.stack
+            .compose(&[
+                "up",
+                "-d",
+                "--no-build",
+                "--no-recreate",
+                "--scale",
+                "database-api=3",
+                SERVICE,
+            ])
+            .await?;
+        self.until_routed(3, Duration::from_secs(90))
+            .await
+            .context("back to 3 replicas")?;
+        Ok(r)
+    }
+
+    /// The crash row: `docker kill` of a replica under load; its restart policy brings
+    /// it back, and Traefik routes to it again.
+    pub async fn crash(&self) -> anyhow::Result<Row> {
+        let victim = self.stack.replicas().await?.remove(0);
+        let restarts_before = restart_count(&victim).await?;
+        let load = self.load(LoadSpec {
+            retry_writes: true,
+            ..LoadSpec::default()
+        });
+        self.successes(&load, 40).await;
+        let killed = Instant::now();
+        docker(&["kill", &victim]).await?;
+        let hostname = inspect(&victim, "{{.Config.Hostname}}").await?;
+        // Back when Docker restarted it and Traefik routes to it again.
+        let back = wait_until(Duration::from_secs(60), || async {
+            restart_count(&victim).await.unwrap_or(0) > restarts_before
+                && routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| killed.elapsed());
+        let window = Window::of(&load, killed, Instant::now());
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("crash (docker kill)", BALANCER, &outcomes);
+        r.recovery = back;
+        if back.is_none() {
+            r.problems.push(
+                "the killed replica was not restarted and routed again within 60 s".to_owned(),
+            );
+        }
+        judge(
+            &mut r,
+            &outcomes,
+            "writes in flight to the killed replica may get no answer or a 502-504; the \
+             client retries them with their key, and every retry must succeed. Reads: none",
+            killed_replica_excuse(window),
+        );
+        self.check_writes(&outcomes, &mut r.problems).await?;
+        r.notes = format!(
+            "`docker kill` (SIGKILL); `restart: unless-stopped` restarted it (RestartCount {} \
+             → {}); recovery = until Traefik routes to it again",
+            restarts_before,
+            restart_count(&victim).await?
+        );
+        Ok(r)
+    }
+
+    /// The rolling-update row: the shipped script, compose runtime, to `target` and back
+    /// to `previous`, under load. At least two replicas must answer in every second.
+    pub async fn rolling_update(&self, target: &str, previous: &str) -> anyhow::Result<Row> {
+        let load = self.load(LoadSpec::default());
+        self.successes(&load, 40).await;
+        let started = Instant::now();
+        let mut problems = Vec::new();
+        for image in [target, previous] {
+            let (ok, log) = self.rolling_update_script(image, &[]).await?;
+            std::fs::write(
+                self.stack.dir.join(format!(
+                    "rolling-update-{}.log",
+                    image.replace([':', '/'], "_")
+                )),
+                &log,
+            )?;
+            if !ok {
+                problems.push(format!(
+                    "rolling-update.sh to {image} failed: {}",
+                    tail(&log)
+                ));
+            }
+            let images = self.replica_images().await?;
+            if images.iter().any(|i| i != image) || images.len() != 3 {
+                problems.push(format!(
+                    "after the update to {image} the replicas run {images:?}"
+                ));
+            }
+        }
+        let took = started.elapsed();
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted(
+            "rolling update (rolling-update.sh, compose)",
+            BALANCER,
+            &outcomes,
+        );
+        r.problems = problems;
+        judge(&mut r, &outcomes, NO_FAILURE, |_| false);
+        let fewest = fewest_answering(&outcomes, Duration::from_secs(2));
+        if fewest < 2 {
+            r.problems.push(format!(
+                "only {fewest} replica(s) answered in some 2-second window"
+            ));
+        }
+        r.recovery = Some(took);
+        r.notes = format!(
+            "to a newly built tag and back, 3 replicas each way; at least {fewest} replicas \
+             answered in every 2-second window; recovery = both updates"
+        );
+        Ok(r)
+    }
+
+    /// Runs `infra/scripts/rolling-update.sh TARGET` against the stack; whether it exited
+    /// 0, and its output.
+    async fn rolling_update_script(
+        &self,
+        target: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(bool, String)> {
+        let script = crate::repo_root().join("infra/scripts/rolling-update.sh");
+        let output = tokio::process::Command::new(script)
+            .arg(target)
+            .env("COMPOSE_ENV_FILE", &self.stack.env_file)
+            .env("BACKUP_DIR", self.stack.dir.join("rollback"))
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.success(), log))
+    }
+
+    /// The failed-rollout row: an image whose replicas never become ready. The script must
+    /// roll back by itself (exit 1) and no request may fail.
+    pub async fn failed_rollout(&self, broken: &str, current: &str) -> anyhow::Result<Row> {
+        let load = self.load(LoadSpec::default());
+        self.successes(&load, 40).await;
+        let started = Instant::now();
+        let (ok, log) = self
+            .rolling_update_script(broken, &[("WAIT_MAX", "20"), ("MIGRATE", "0")])
+            .await?;
+        std::fs::write(self.stack.dir.join("failed-rollout.log"), &log)?;
+        let took = started.elapsed();
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("failed rollout (never ready)", BALANCER, &outcomes);
+        if ok {
+            r.problems
+                .push("rolling-update.sh exited 0 with an image that is never ready".to_owned());
+        }
+        let images = self.replica_images().await?;
+        if images.len() != 3 || images.iter().any(|i| i != current) {
+            r.problems
+                .push(format!("after the rollback the replicas run {images:?}"));
+        }
+        judge(&mut r, &outcomes, NO_FAILURE, |_| false);
+        r.recovery = Some(took);
+        r.notes = "an image whose `serve` exits at once (a bad flag), restarted in a loop by its \
+                   policy; the script waited WAIT_MAX 20 s, removed it and exited 1; recovery \
+                   = the whole script"
+            .to_owned();
+        Ok(r)
+    }
+
+    /// The images the running replicas were created from.
+    async fn replica_images(&self) -> anyhow::Result<Vec<String>> {
+        let mut images = Vec::new();
+        for id in self.stack.replicas().await? {
+            images.push(inspect(&id, "{{.Config.Image}}").await?);
+        }
+        Ok(images)
+    }
+
+    /// The partition row: one replica disconnected from the data network, then
+    /// reconnected. It turns unready and Traefik takes it out; it comes back after.
+    pub async fn partition(&self) -> anyhow::Result<Row> {
+        let victim = self.stack.replicas().await?.remove(0);
+        let hostname = inspect(&victim, "{{.Config.Hostname}}").await?;
+        let load = self.load(LoadSpec {
+            retry_writes: true,
+            ..LoadSpec::default()
+        });
+        self.successes(&load, 40).await;
+        let cut = Instant::now();
+        docker(&["network", "disconnect", "cartae-data-network", &victim]).await?;
+        let out = wait_until(Duration::from_secs(60), || async {
+            !routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| cut.elapsed());
+        let window = Window::of(&load, cut, Instant::now());
+        self.successes(&load, 40).await;
+        let reconnected = Instant::now();
+        docker(&["network", "connect", "cartae-data-network", &victim]).await?;
+        let back = wait_until(Duration::from_secs(60), || async {
+            routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| reconnected.elapsed());
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("partition (data network)", BALANCER, &outcomes);
+        r.detection = out;
+        r.recovery = back;
+        if out.is_none() {
+            r.problems
+                .push("Traefik kept routing to the cut replica for 60 s".to_owned());
+        }
+        if back.is_none() {
+            r.problems
+                .push("the reconnected replica was not routed again within 60 s".to_owned());
+        }
+        let excused = |o: &Outcome| {
+            window.overlaps(o)
+                && o.first.instance.as_deref() == Some(hostname.as_str())
+                && o.first.status == Some(503)
+                && o.first.retry_after
+                && (o.kind != Kind::Write || o.ok())
+        };
+        judge(
+            &mut r,
+            &outcomes,
+            "requests the cut replica answered before Traefik took it out: 503 with \
+             Retry-After (it cannot reach PostgreSQL); writes among them retried with their \
+             key must succeed",
+            excused,
+        );
+        self.check_writes(&outcomes, &mut r.problems).await?;
+        r.notes = "`docker network disconnect cartae-data-network`; detection = until Traefik \
+                   stops routing to it, recovery = from `connect` until routed again"
+            .to_owned();
+        Ok(r)
+    }
+
+    /// The OOM row: one replica's memory limit lowered to a few MiB above what it uses
+    /// (`docker update`, as an operator tightening limits would), then 1 MiB request
+    /// bodies sent to it directly on the app network, 64 at once, from a throwaway
+    /// container. The kernel kills it (exit 137, OOMKilled), its restart policy brings it
+    /// back, and Traefik routes to it again; the load through Traefik is judged as a crash.
+    pub async fn out_of_memory(&self) -> anyhow::Result<Row> {
+        let victim = self.stack.replicas().await?.remove(0);
+        let hostname = inspect(&victim, "{{.Config.Hostname}}").await?;
+        let address = inspect(
+            &victim,
+            "{{(index .NetworkSettings.Networks \"cartae-app-network\").IPAddress}}",
+        )
+        .await?;
+        let restarts_before = restart_count(&victim).await?;
+        let load = self.load(LoadSpec {
+            retry_writes: true,
+            ..LoadSpec::default()
+        });
+        self.successes(&load, 40).await;
+        let used = memory_usage(&victim).await?;
+        let limit = used + 8 * 1024 * 1024;
+        docker(&[
+            "update",
+            "--memory",
+            &limit.to_string(),
+            "--memory-swap",
+            &limit.to_string(),
+            &victim,
+        ])
+        .await?;
+        let pushed = Instant::now();
+        let push = PUSH_BODIES.replace("ADDRESS", &address);
+        let _ = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "cartae-app-network",
+            "cartae-local/debian:bookworm",
+            "bash",
+            "-c",
+            &push,
+        ])
+        .await;
+        let oom_killed = inspect(&victim, "{{.State.OOMKilled}}").await? == "true"
+            || restart_count(&victim).await? > restarts_before;
+        let back = wait_until(Duration::from_secs(60), || async {
+            restart_count(&victim).await.unwrap_or(0) > restarts_before
+                && routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| pushed.elapsed());
+        let window = Window::of(&load, pushed, Instant::now());
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let exit_code = inspect(&victim, "{{.State.ExitCode}}")
+            .await
+            .unwrap_or_default();
+        docker(&["update", "--memory", "1g", "--memory-swap", "1g", &victim]).await?;
+        let mut r = counted("OOM kill", BALANCER, &outcomes);
+        r.recovery = back;
+        if !oom_killed {
+            r.problems
+                .push("the pushed replica was not killed by the kernel".to_owned());
+        }
+        if back.is_none() {
+            r.problems.push(
+                "the OOM-killed replica was not restarted and routed again within 60 s".to_owned(),
+            );
+        }
+        judge(
+            &mut r,
+            &outcomes,
+            "as for a crash: writes in flight to the killed replica may get no answer or a \
+             502-504, retried with their key; every retry must succeed. Reads: none",
+            killed_replica_excuse(window),
+        );
+        self.check_writes(&outcomes, &mut r.problems).await?;
+        r.notes = format!(
+            "limit lowered to {} MiB ({} MiB in use), then 64 bodies of 1 MiB at once on the \
+             app network; last exit code {exit_code}, RestartCount {restarts_before} → {}; \
+             recovery = until Traefik routes to it again",
+            limit / (1024 * 1024),
+            used / (1024 * 1024),
+            restart_count(&victim).await?
+        );
+        Ok(r)
+    }
+
+    /// Kills a data-tier container like a lost machine: its restart policy is turned off
+    /// first, so it stays down until `revive`.
+    async fn lose(&self, container: &str) -> anyhow::Result<()> {
+        docker(&["update", "--restart", "no", container]).await?;
+        docker(&["kill", container]).await.map(drop)
+    }
+
+    /// Brings back what `lose` took, with the compose file's restart policy again.
+    async fn revive(&self, container: &str) -> anyhow::Result<()> {
+        docker(&["update", "--restart", "unless-stopped", container]).await?;
+        docker(&["start", container]).await.map(drop)
+    }
+
+    /// The PostgreSQL row: `docker kill` of the Patroni primary under load. Writes answer
+    /// 503 with Retry-After until the standby is promoted, then are acknowledged again;
+    /// nothing acknowledged is lost (synchronous replication: RPO 0). The old primary then
+    /// comes back and rejoins as the standby.
+    pub async fn postgres_primary_killed(&self) -> anyhow::Result<Row> {
+        let old = self.primary().await?;
+        let old_id = self.stack.container(&old).await?;
+        let load = self.load(LoadSpec {
+            retry_writes: true,
+            // 200 ms apart: 30 s before a write is given up.
+            write_attempts: 150,
+            ..LoadSpec::default()
+        });
+        self.successes(&load, 40).await;
+        let killed = Instant::now();
+        self.lose(&old_id).await?;
+        let promoted = wait_until(Duration::from_secs(60), || async {
+            self.primary().await.is_ok_and(|p| p != old)
+        })
+        .await
+        .then(|| killed.elapsed());
+        self.successes(&load, 40).await;
+        let window = Window::of(&load, killed, Instant::now());
+        let outcomes = load.stop().await?;
+        let mut r = counted("PostgreSQL primary killed (Patroni)", BALANCER, &outcomes);
+        r.detection = promoted;
+        if promoted.is_none() {
+            r.problems
+                .push("Patroni promoted no standby within 60 s".to_owned());
+        }
+        judge(
+            &mut r,
+            &outcomes,
+            "only 503 with Retry-After, only for requests in flight between the kill and the \
+             promotion (no writable primary); every such write retried with its \
+             Idempotency-Key until acknowledged",
+            |o| {
+                window.overlaps(o)
+                    && o.first.status == Some(503)
+                    && o.first.retry_after
+                    && (o.kind != Kind::Write || o.ok())
+            },
+        );
+        self.check_writes(&outcomes, &mut r.problems).await?;
+        let revived = Instant::now();
+        self.revive(&old_id).await?;
+        let rejoined = wait_until(Duration::from_secs(90), || async {
+            self.sync_standby().await.ok().flatten().as_deref() == Some(old.as_str())
+        })
+        .await
+        .then(|| revived.elapsed());
+        r.recovery = rejoined;
+        if rejoined.is_none() {
+            r.problems.push(format!(
+                "{old} did not rejoin as the synchronous standby within 90 s"
+            ));
+        }
+        let failed = outcomes.iter().filter(|o| !o.first_ok()).count();
+        r.notes = format!(
+            "`docker kill` of {old} (restart policy off: a lost machine); detection = until \
+             the other node is primary; {failed} first attempts answered 503 with \
+             Retry-After; recovery = from `docker start` until {old} is the synchronous \
+             standby again; RPO 0 (every acknowledged write on the new primary)"
+        );
+        Ok(r)
+    }
+
+    /// The Redis row: `docker kill` of the Redis master, kept down; the Sentinels promote
+    /// the replica, and no request fails (Redis is a cache: PostgreSQL answers meanwhile).
+    pub async fn redis_master_killed(&self) -> anyhow::Result<Row> {
+        let master = self.redis_master().await?;
+        let master_id = self.stack.container(&master).await?;
+        let load = self.load(LoadSpec::default());
+        self.successes(&load, 40).await;
+        let killed = Instant::now();
+        self.lose(&master_id).await?;
+        let promoted = wait_until(Duration::from_secs(60), || async {
+            self.redis_master().await.is_ok_and(|m| m != master)
+        })
+        .await
+        .then(|| killed.elapsed());
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("Redis master killed (Sentinel)", BALANCER, &outcomes);
+        r.detection = promoted;
+        if promoted.is_none() {
+            r.problems
+                .push("the Sentinels promoted no replica within 60 s".to_owned());
+        }
+        judge(&mut r, &outcomes, NO_FAILURE, |_| false);
+        self.revive(&master_id).await?;
+        r.notes = format!(
+            "`docker kill` of {master}, kept down; detection = until the Sentinels name \
+             the other node; then it is started again and rejoins as a replica"
+        );
+        Ok(r)
+    }
+
+    /// The Redis node the Sentinels name as master (`redis-1` or `redis-2`), asked of
+    /// sentinel-1 with the sentinels' password from its container's environment.
+    async fn redis_master(&self) -> anyhow::Result<String> {
+        let sentinel = self.stack.container("sentinel-1").await?;
+        let answer = docker(&[
+            "exec",
+            &sentinel,
+            "redis-cli",
+            "-p",
+            "26379",
+            "--no-auth-warning",
+            "SENTINEL",
+            "get-master-addr-by-name",
+            "cartae",
+        ])
+        .await?;
+        answer
+            .lines()
+            .next()
+            .map(str::to_owned)
+            .context("the sentinel named no master")
+    }
+
+    /// Every write acknowledged in `outcomes` is in the primary's `items`, once.
+    async fn check_writes(
+        &self,
+        outcomes: &[Outcome],
+        problems: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let titles = self
+            .psql_on_primary("SELECT title FROM items WHERE title LIKE 'drill-%'")
+            .await?;
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for title in titles.lines() {
+            *counts.entry(title).or_default() += 1;
+        }
+        let duplicated = counts.values().filter(|n| **n > 1).count();
+        if duplicated > 0 {
+            problems.push(format!("{duplicated} writes duplicated by retries"));
+        }
+        let lost = outcomes
+            .iter()
+            .filter(|o| o.kind == Kind::Write && o.ok())
+            .filter(|o| {
+                let title = format!("drill-{}", o.idempotency_key.as_deref().unwrap_or_default());
+                !counts.contains_key(title.as_str())
+            })
+            .count();
+        if lost > 0 {
+            problems.push(format!(
+                "{lost} acknowledged writes missing from PostgreSQL"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL node Patroni made primary.
+    pub async fn primary(&self) -> anyhow::Result<String> {
+        for node in ["pg-1", "pg-2"] {
+            let Ok(id) = self.stack.container(node).await else {
+                continue;
+            };
+            let in_recovery = docker(&[
+                "exec",
+                "-u",
+                "postgres",
+                &id,
+                "psql",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT pg_is_in_recovery()",
+            ])
+            .await;
+            if in_recovery.is_ok_and(|v| v == "f") {
+                return Ok(node.to_owned());
+            }
+        }
+        bail!("no PostgreSQL node is primary")
+    }
+
+    /// One query on the primary, as its postgres user (peer authentication), rows one per
+    /// line.
+    pub async fn psql_on_primary(&self, sql: &str) -> anyhow::Result<String> {
+        let id = self.stack.container(&self.primary().await?).await?;
+        let db = "cartae";
+        docker(&["exec", "-u", "postgres", &id, "psql", "-d", db, "-Atc", sql]).await
+    }
+
+    /// The synchronous standby Patroni reports, from the primary's pg_stat_replication.
+    pub async fn sync_standby(&self) -> anyhow::Result<Option<String>> {
+        let rows = self
+            .psql_on_primary(
+                "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync'",
+            )
+            .await?;
+        Ok(rows.lines().next().map(str::to_owned))
+    }
+
+    pub async fn docker_with(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+        docker_with(args, env).await
+    }
+
+    /// How many replicas Docker says are healthy.
+    pub async fn healthy(&self) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for id in self.stack.replicas().await? {
+            if health(&id).await.is_ok_and(|h| h == "healthy") {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The replicas Traefik routes `/api/` to: the `X-Instance-Id` of 24 requests (round
+/// robin over at most a few replicas, so each shows).
+pub async fn routed(client: &reqwest::Client, stack: &Stack) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        if let Ok(response) = client.get(stack.url("/api/openapi.json")).send().await {
+            if let Some(id) = response
+                .headers()
+                .get("x-instance-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                seen.insert(id.to_owned());
+            }
+        }
+    }
+    seen
+}
+
+/// 64 register requests of 1 MiB each, at once, to ADDRESS:3001, with bash alone (the
+/// Debian base has no curl).
+const PUSH_BODIES: &str = r#"body="{\"email\":\"$(head -c 1000000 /dev/zero | tr '\0' a)\",\"password\":\"x\"}"
+for i in $(seq 64); do
+  ( exec 3<>/dev/tcp/ADDRESS/3001 &&
+    printf 'POST /api/auth/register HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' "${#body}" "$body" >&3 &&
+    timeout 10 cat <&3 >/dev/null ) 2>/dev/null &
+done
+wait"#;
+
+/// A container's memory use as its cgroup counts it (v1 or v2), in bytes.
+async fn memory_usage(container: &str) -> anyhow::Result<u64> {
+    let stats = docker(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        container,
+    ])
+    .await?;
+    // "12.5MiB / 1GiB"
+    let used = stats.split('/').next().unwrap_or_default().trim();
+    let (number, unit) = used.split_at(
+        used.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(used.len()),
+    );
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("memory use {stats:?}"))?;
+    let scale = match unit {
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => 1.0,
+    };
+    Ok((number * scale) as u64)
+}
+
+async fn restart_count(container: &str) -> anyhow::Result<u32> {
+    Ok(inspect(container, "{{.RestartCount}}").await?.parse()?)
+}
+
+/// The fewest distinct replicas that answered in any `window` of the run (first
+/// attempts), from the second window to the second to last (the edges are partial).
+fn fewest_answering(outcomes: &[Outcome], window: Duration) -> usize {
+    let mut by_window: HashMap<u64, BTreeSet<&str>> = HashMap::new();
+    for o in outcomes {
+        if let Some(instance) = o.first.instance.as_deref() {
+            by_window
+                .entry(o.started.as_millis() as u64 / window.as_millis() as u64)
+                .or_default()
+                .insert(instance);
+        }
+    }
+    let last = by_window.keys().max().copied().unwrap_or(0);
+    (1..last)
+        .map(|w| by_window.get(&w).map_or(0, BTreeSet::len))
+        .min()
+        .unwrap_or(0)
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" / ")
+}
