@@ -25,4 +25,8 @@ export JWT_SECRET="${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n'
 # A short drain: nothing sits in front of a development run.
 export DRAIN_DELAY_MS="${DRAIN_DELAY_MS:-500}"
 
-exec cargo run --release -- serve
+cargo build --release -q -p cartae-database-api
+# Not from the repository root: its .env is the compose stack's (a Sentinel password there
+# would be refused without Sentinels). Set variables in the environment instead.
+cd target
+exec ./release/cartae-database-api serve

@@ -84,9 +84,9 @@ stop() {
   pid="$(cat "$PIDFILE")"
   if kill -0 "$pid" 2>/dev/null; then
     export DOCKER_HOST="unix://$SOCKET"
-    local containers
-    containers="$("$DOCKER" ps -aq 2>/dev/null || true)"
-    [ -z "$containers" ] || "$DOCKER" rm -f -v $containers >/dev/null || true
+    local -a containers
+    mapfile -t containers < <("$DOCKER" ps -aq 2>/dev/null || true)
+    [ "${#containers[@]}" -eq 0 ] || "$DOCKER" rm -f -v "${containers[@]}" >/dev/null || true
     "$DOCKER" network prune -f >/dev/null || true
     "$DOCKER" volume prune -f >/dev/null || true
     kill -TERM "$pid"

@@ -281,6 +281,7 @@ async fn the_compose_stack_holds_its_promises() {
         drill.crash().await,
         drill.rolling_update(next, &built.tag).await,
         drill.failed_rollout(broken, &built.tag).await,
+        drill.frozen().await,
         drill.partition().await,
         drill.out_of_memory().await,
         drill.postgres_primary_killed().await,

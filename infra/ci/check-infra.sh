@@ -216,6 +216,22 @@ if "http-request deny deny_status 403 unless read_method traefik_endpoint" not i
     bad("infra/docker-socket-proxy/haproxy.cfg: the deny-unless-allowed rule is missing")
 if any("docker.sock" in v.get("source", "") for v in svcs["traefik"].get("volumes", [])):
     bad("traefik mounts the Docker socket itself")
+# Every setting of the service (README's configuration table) that .env.example offers
+# reaches the replicas: a variable compose does not forward is silently ignored. Not
+# forwarded on purpose: compose builds DATABASE_URL from the PostgreSQL role, password
+# and database and names the servers there and in the Sentinels, and each replica is
+# named by its hostname.
+import re
+readme = open("README.md").read()
+table = readme[readme.index("## Configuration"):readme.index("## Endpoints")]
+settings = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", table, re.M))
+offered = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", open(".env.example").read(), re.M))
+deliberate = {"INSTANCE_ID", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
+              "POSTGRES_PASSWORD", "POSTGRES_SSLMODE", "POSTGRES_SSLROOTCERT", "REDIS_HOST",
+              "REDIS_PORT", "REDIS_URL", "REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"}
+ignored = sorted((settings & offered) - set(api["environment"]) - deliberate)
+if ignored:
+    bad(f".env.example offers settings the replicas never receive: {ignored}")
 for net in ("data", "app", "docker-api"):
     if not cfg["networks"][net].get("internal"):
         bad(f"{net} network is not internal")
@@ -700,6 +716,14 @@ if metrics != {"Resource", "Pods"}:
     print(f"the HPA scales on {metrics}, expected CPU and requests per pod"); ok = False
 if "replicas" in dep["spec"]:
     print("deployment.yaml sets replicas: an apply would undo the HPA"); ok = False
+# An immutable reference: with a moving tag (latest) and IfNotPresent, a new build rolls
+# nothing out and `rollout undo` undoes nothing. The release step sets the tag
+# (kustomize edit set image), or a digest.
+for c in dep["spec"]["template"]["spec"]["containers"] + dep["spec"]["template"]["spec"].get("initContainers", []):
+    image = c["image"]
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    if "@sha256:" not in image and (tag in ("", "latest")):
+        print(f"{c['name']}: image {image} is not an immutable tag or digest"); ok = False
 sys.exit(0 if ok else 1)
 PY
 }

@@ -436,6 +436,72 @@ impl EngineDrill {
         Ok(r)
     }
 
+    /// The frozen-replica row: `docker pause` of a replica under load for 12 s. It keeps
+    /// its connections and never answers: Traefik's check (1 s, timeout 3 s) takes it
+    /// out, and what was already sent to it is released by the transport's 6 s
+    /// response-header bound: a GET is replayed on another replica, a write gets a 504
+    /// and its client retries it with its key. After `unpause` it is routed again.
+    pub async fn frozen(&self) -> anyhow::Result<Row> {
+        let victim = self.stack.replicas().await?.remove(0);
+        let hostname = inspect(&victim, "{{.Config.Hostname}}").await?;
+        let load = self.load(LoadSpec {
+            retry_writes: true,
+            ..LoadSpec::default()
+        });
+        self.successes(&load, 40).await;
+        let paused = Instant::now();
+        docker(&["pause", &victim]).await?;
+        let out = wait_until(Duration::from_secs(30), || async {
+            !routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| paused.elapsed());
+        tokio::time::sleep(Duration::from_secs(12).saturating_sub(paused.elapsed())).await;
+        let unpaused = Instant::now();
+        docker(&["unpause", &victim]).await?;
+        let back = wait_until(Duration::from_secs(60), || async {
+            routed(&self.client, &self.stack).await.contains(&hostname)
+        })
+        .await
+        .then(|| unpaused.elapsed());
+        let window = Window::of(&load, paused, unpaused);
+        self.successes(&load, 40).await;
+        let outcomes = load.stop().await?;
+        let mut r = counted("frozen replica (docker pause 12 s)", BALANCER, &outcomes);
+        r.detection = out;
+        r.recovery = back;
+        if out.is_none() {
+            r.problems
+                .push("Traefik kept routing to the paused replica for 30 s".to_owned());
+        }
+        if back.is_none() {
+            r.problems
+                .push("the unpaused replica was not routed again within 60 s".to_owned());
+        }
+        let slowest = outcomes.iter().map(|o| o.latency).max().unwrap_or_default();
+        if slowest > Duration::from_secs(8) {
+            r.problems.push(format!(
+                "a request waited {:.1} s: nothing released it at the 6 s bound",
+                slowest.as_secs_f64()
+            ));
+        }
+        judge(
+            &mut r,
+            &outcomes,
+            "writes sent to the paused replica before Traefik took it out: a 504 at 6 s, \
+             retried with their key, and every retry must succeed. Reads: none (replayed \
+             on another replica)",
+            killed_replica_excuse(window),
+        );
+        self.check_writes(&outcomes, &mut r.problems).await?;
+        r.notes = format!(
+            "detection = until Traefik stops routing to it; slowest request {:.1} s (the \
+             6 s bound, then a replay); recovery = from `unpause` until routed again",
+            slowest.as_secs_f64()
+        );
+        Ok(r)
+    }
+
     /// The OOM row: one replica's memory limit lowered to a few MiB above what it uses
     /// (`docker update`, as an operator tightening limits would), then 1 MiB request
     /// bodies sent to it directly on the app network, 64 at once, from a throwaway

@@ -12,6 +12,7 @@ mod crash;
 mod deadlocks;
 pub mod engine;
 mod failed_rollout;
+mod frozen;
 mod login_storm;
 mod logout;
 mod outages;
@@ -48,10 +49,11 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 18] = [
+pub const SCENARIOS: [&str; 19] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
+    "frozen replica (SIGSTOP 12 s)",
     "two replicas down",
     "PostgreSQL outage 10 s",
     "Redis outage 10 s",
@@ -123,6 +125,7 @@ impl Drill {
             "steady state" => steady::run(self).await,
             "rolling update x3" => rolling::run(self).await,
             "crash (SIGKILL)" => crash::run(self).await,
+            "frozen replica (SIGSTOP 12 s)" => frozen::run(self).await,
             "two replicas down" => two_down::run(self).await,
             "PostgreSQL outage 10 s" => outages::postgres(self).await,
             "Redis outage 10 s" => outages::redis(self).await,
