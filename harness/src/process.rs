@@ -82,7 +82,17 @@ impl Drop for ManagedChild {
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes.
-pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+pub async fn wait_until<F, Fut>(within: Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_until_every(Duration::from_millis(50), within, check).await
+}
+
+/// As [`wait_until`], polling every `every`: for a check that costs its target something
+/// (requests through a rate-limited balancer).
+pub async fn wait_until_every<F, Fut>(every: Duration, within: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -95,6 +105,6 @@ where
         if Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }

@@ -535,13 +535,21 @@ if len(sentinels) != 3 or len(redis) != 2:
     bad(f"expected 3 sentinels and 2 Redis nodes, got {sentinels} {redis}")
 if api.get("REDIS_SENTINELS") != ",".join(f"{s}:26379" for s in sentinels):
     bad(f"REDIS_SENTINELS {api.get('REDIS_SENTINELS')} is not the compose sentinels")
+# Fixed addresses, no DNS between sentinels and nodes (sentinel.conf says why).
+def address(n):
+    return (svcs[n].get("networks", {}).get("data") or {}).get("ipv4_address")
+first_master = address("redis-1") if "redis-1" in svcs else None
 for n in sentinels:
-    if svcs[n]["environment"].get("SENTINEL_ANNOUNCE") != n:
-        bad(f"{n} does not announce its own name")
+    env = svcs[n]["environment"]
+    if not address(n) or env.get("SENTINEL_ANNOUNCE") != address(n):
+        bad(f"{n} does not announce its own fixed address")
+    if not first_master or env.get("REDIS_MASTER_ADDRESS") != first_master:
+        bad(f"{n}: REDIS_MASTER_ADDRESS is not redis-1's address")
 for n in redis:
     env = svcs[n]["environment"]
-    if env.get("REDIS_ANNOUNCE") != n or env.get("REDIS_REPLICA_OF") not in (None, "redis-1"):
-        bad(f"{n}: REDIS_ANNOUNCE / REDIS_REPLICA_OF")
+    if not address(n) or env.get("REDIS_ANNOUNCE") != address(n) \
+            or env.get("REDIS_REPLICA_OF") not in (None, first_master):
+        bad(f"{n}: REDIS_ANNOUNCE / REDIS_REPLICA_OF are not the fixed addresses")
 for n in sentinels + redis:
     if svcs[n].get("ports"):
         bad(f"{n} publishes a port")

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Starts a Redis node of docker-compose.ha.yml. Environment:
 #   REDIS_PASSWORD   requirepass, and masterauth: any node may become a replica later
-#   REDIS_ANNOUNCE   this node's service name, announced to Sentinel instead of its address
-#   REDIS_REPLICA_OF the first master's service name, for the node that starts as a replica
+#   REDIS_ANNOUNCE   this node's fixed address, announced to Sentinel
+#   REDIS_REPLICA_OF the first master's address, for the node that starts as a replica
 #   REDIS_MASTER_PORT the first master's port (6379)
 # The configuration is copied into the volume once (see infra/redis/redis.conf, why).
 # REDIS_CONF_DIR and REDIS_DATA_DIR move the files, and further arguments go to
