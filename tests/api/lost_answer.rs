@@ -1,0 +1,242 @@
+//! When the answer is lost, the data must not be (issue 25): a write cut by the request
+//! deadline, or whose invalidation was lost, must never leave the cache disagreeing with
+//! PostgreSQL.
+//!
+//! A write is made slower than the deadline by a row lock held from the test's own
+//! connection, released once the client has had its 503: PostgreSQL then applies the
+//! write, well before its `statement_timeout` (250 ms past the deadline) would cancel it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{pg_url, spawn_app, spawn_app_with, AppOptions, TestApp, PG_ADDR};
+use crate::support::api_client::Answer;
+
+async fn connect(app: &TestApp) -> PgConnection {
+    PgConnection::connect(&pg_url(PG_ADDR, &app.database_name))
+        .await
+        .expect("test connection")
+}
+
+/// Holds the row lock of item `id` until the returned transaction ends.
+async fn lock_row<'c>(
+    conn: &'c mut PgConnection,
+    id: &str,
+) -> sqlx::Transaction<'c, sqlx::Postgres> {
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM items WHERE id = $1::uuid FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    tx
+}
+
+/// The item's version in PostgreSQL, `None` when the row is gone; polled until `want`.
+async fn until_row(app: &TestApp, id: &str, want: impl Fn(Option<i32>) -> bool) -> Option<i32> {
+    let mut conn = connect(app).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let version: Option<i32> =
+            sqlx::query_scalar("SELECT version FROM items WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("read the row");
+        if want(version) || Instant::now() > deadline {
+            return version;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads the item through the API until `want` holds, for at most `within`; the last answer.
+async fn until_read(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    within: Duration,
+    want: impl Fn(&Answer) -> bool,
+) -> Answer {
+    let deadline = Instant::now() + within;
+    loop {
+        let read = app.get_item(token, id).await;
+        if want(&read) || Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ids(page: &Answer) -> Vec<String> {
+    page.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The invalidation after the commit cannot trail it by more than this. Without it the
+/// entry would stay for the item TTL (5 minutes).
+const REPAIRED_WITHIN: Duration = Duration::from_secs(2);
+
+/// A 503 on a write says the write may have been applied, and how to retry safely.
+fn says_outcome_unknown(answer: &Answer) {
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.header("retry-after").is_some());
+    let error = answer.body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("may have been applied") && error.contains("Idempotency-Key"),
+        "{error}"
+    );
+}
+
+async fn deadline_app() -> TestApp {
+    let app = spawn_app_with(AppOptions::default().env("REQUEST_TIMEOUT_MS", "1000")).await;
+    app.wait_ready().await;
+    app
+}
+
+#[tokio::test]
+async fn a_delete_cut_by_the_deadline_is_not_served_from_the_cache_afterwards() {
+    let app = deadline_app().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "doomed").await;
+    let id = item["id"].as_str().unwrap();
+    // Cached: the item and the list page that shows it.
+    assert_eq!(app.get_item(&token, id).await.status, 200);
+    assert_eq!(ids(&app.list_items(&token, "").await), vec![id.to_owned()]);
+
+    let mut locker = connect(&app).await;
+    let lock = lock_row(&mut locker, id).await;
+    let cut = app
+        .call(
+            Method::DELETE,
+            &format!("/api/items/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    says_outcome_unknown(&cut);
+    lock.commit().await.expect("release the row");
+    assert_eq!(
+        until_row(&app, id, |v| v.is_none()).await,
+        None,
+        "PostgreSQL applied the delete the client was told failed"
+    );
+
+    let read = until_read(&app, &token, id, REPAIRED_WITHIN, |r| r.status == 404).await;
+    assert_eq!(
+        read.status, 404,
+        "the deleted item is still served: {}",
+        read.body
+    );
+    assert!(ids(&app.list_items(&token, "").await).is_empty());
+    let retried = app
+        .call(
+            Method::DELETE,
+            &format!("/api/items/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(retried.status, 404);
+}
+
+#[tokio::test]
+async fn a_conditional_patch_cut_by_the_deadline_shows_its_new_version_afterwards() {
+    let app = deadline_app().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "before").await;
+    let id = item["id"].as_str().unwrap();
+    assert_eq!(app.get_item(&token, id).await.header("etag"), Some("\"1\""));
+
+    let mut locker = connect(&app).await;
+    let lock = lock_row(&mut locker, id).await;
+    let cut = app
+        .patch_item(&token, id, Some("\"1\""), &json!({"title": "after"}))
+        .await;
+    says_outcome_unknown(&cut);
+    lock.commit().await.expect("release the row");
+    assert_eq!(until_row(&app, id, |v| v == Some(2)).await, Some(2));
+
+    let read = until_read(&app, &token, id, REPAIRED_WITHIN, |r| {
+        r.header("etag") == Some("\"2\"")
+    })
+    .await;
+    assert_eq!(read.header("etag"), Some("\"2\""), "{}", read.body);
+    assert_eq!(read.body["title"], "after");
+    // The client's way out: re-read, then write against the version it now sees.
+    let next = app
+        .patch_item(&token, id, Some("\"2\""), &json!({"title": "again"}))
+        .await;
+    assert_eq!(next.status, 200, "{}", next.body);
+}
+
+/// Rewrites the row behind the service's back: what a lost invalidation leaves behind.
+async fn behind_the_back(app: &TestApp, sql: &str, id: &str) {
+    sqlx::query(sql)
+        .bind(id)
+        .execute(&mut connect(app).await)
+        .await
+        .expect("rewrite the row");
+}
+
+#[tokio::test]
+async fn the_404_of_a_delete_makes_the_cache_agree_with_postgresql() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "gone already").await;
+    let id = item["id"].as_str().unwrap();
+    assert_eq!(app.get_item(&token, id).await.status, 200);
+    behind_the_back(&app, "DELETE FROM items WHERE id = $1::uuid", id).await;
+    assert_eq!(
+        app.get_item(&token, id).await.status,
+        200,
+        "precondition: the stale entry is cached"
+    );
+
+    let delete = app
+        .call(
+            Method::DELETE,
+            &format!("/api/items/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(delete.status, 404);
+    assert_eq!(app.get_item(&token, id).await.status, 404);
+    assert!(ids(&app.list_items(&token, "").await).is_empty());
+}
+
+#[tokio::test]
+async fn the_412_of_a_patch_makes_the_cache_agree_with_postgresql() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "mine").await;
+    let id = item["id"].as_str().unwrap();
+    assert_eq!(app.get_item(&token, id).await.body["version"], 1);
+    behind_the_back(
+        &app,
+        "UPDATE items SET title = 'moved on', version = 2 WHERE id = $1::uuid",
+        id,
+    )
+    .await;
+    assert_eq!(
+        app.get_item(&token, id).await.body["version"],
+        1,
+        "precondition: the stale entry is cached"
+    );
+
+    let stale = app
+        .patch_item(&token, id, Some("\"1\""), &json!({"title": "mine again"}))
+        .await;
+    assert_eq!(stale.status, 412);
+    let read = app.get_item(&token, id).await;
+    assert_eq!(read.header("etag"), Some("\"2\""), "{}", read.body);
+    assert_eq!(read.body["title"], "moved on");
+}
