@@ -179,6 +179,71 @@ async fn a_conditional_patch_cut_by_the_deadline_shows_its_new_version_afterward
     assert_eq!(next.status, 200, "{}", next.body);
 }
 
+/// Holds SHARE on `items`, which conflicts with an insert's ROW EXCLUSIVE: creates wait.
+async fn lock_inserts(conn: &mut PgConnection) -> sqlx::Transaction<'_, sqlx::Postgres> {
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE items IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    tx
+}
+
+async fn count_items(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&mut connect(app).await)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_keyed_create_cut_by_the_deadline_retried_with_its_key_is_applied_once() {
+    let app = deadline_app().await;
+    let token = app.new_user().await;
+    // Cached: the empty list.
+    assert!(ids(&app.list_items(&token, "").await).is_empty());
+    let note = json!({"type": "note", "title": "once"});
+
+    let mut locker = connect(&app).await;
+    let lock = lock_inserts(&mut locker).await;
+    let cut = app
+        .post_keyed(Some(&token), "/api/items", "create-once", &note)
+        .await;
+    says_outcome_unknown(&cut);
+    lock.commit().await.expect("release the table");
+
+    let retried = app
+        .post_keyed(Some(&token), "/api/items", "create-once", &note)
+        .await;
+    assert_eq!(retried.status, 201, "{}", retried.body);
+    assert_eq!(count_items(&app).await, 1, "exactly one write applied");
+    assert_eq!(
+        ids(&app.list_items(&token, "").await),
+        vec![retried.body["id"].as_str().unwrap().to_owned()],
+        "the list shows the one item, not the page cached before it"
+    );
+}
+
+#[tokio::test]
+async fn a_create_cut_before_its_commit_is_rolled_back_so_a_retry_without_a_key_cannot_duplicate_it(
+) {
+    let app = deadline_app().await;
+    let token = app.new_user().await;
+    let note = json!({"type": "note", "title": "not twice"});
+
+    let mut locker = connect(&app).await;
+    let lock = lock_inserts(&mut locker).await;
+    let cut = app.create_item(&token, &note).await;
+    says_outcome_unknown(&cut);
+    lock.commit().await.expect("release the table");
+    // Past statement_timeout (250 ms after the deadline): PostgreSQL has decided.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count_items(&app).await, 0, "the cut create committed");
+
+    assert_eq!(app.create_item(&token, &note).await.status, 201);
+    assert_eq!(ids(&app.list_items(&token, "").await).len(), 1);
+}
+
 /// Rewrites the row behind the service's back: what a lost invalidation leaves behind.
 async fn behind_the_back(app: &TestApp, sql: &str, id: &str) {
     sqlx::query(sql)

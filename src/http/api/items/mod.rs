@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -56,7 +57,8 @@ async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
 }
 
 /// Runs a write, with the cache invalidation that follows it, to the end in a task of its
-/// own, and returns its answer.
+/// own, and returns its answer. `write` is handed a token cancelled when the request is
+/// dropped (the deadline cut it, or the client left).
 ///
 /// The request deadline drops the handler, not PostgreSQL's work: a statement the handler
 /// was waiting on still commits. Were the invalidation the handler's, that cut would leave
@@ -64,17 +66,38 @@ async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
 /// deadline (outcome unknown), and the task still invalidates once PostgreSQL has decided,
 /// committed or cancelled by `statement_timeout`, which bounds how long it can outlive the
 /// request. The lifecycle tracks it, so a stopping replica waits for it.
-async fn to_completion<T, F>(state: &AppState, write: F) -> ApiResult<T>
+async fn to_completion<T, F>(
+    state: &AppState,
+    write: impl FnOnce(CancellationToken) -> F,
+) -> ApiResult<T>
 where
     T: Send + 'static,
     F: Future<Output = ApiResult<T>> + Send + 'static,
 {
+    let cut = CancellationToken::new();
+    // Also cancels once the answer is in: the task has finished by then.
+    let _cut_when_dropped = cut.clone().drop_guard();
     state
         .lifecycle
         .writes
-        .spawn(write.in_current_span())
+        .spawn(write(cut).in_current_span())
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("write task failed: {e}")))?
+}
+
+/// A transaction's work, abandoned if the request is cut first: the transaction then rolls
+/// back, so a cut POST is not applied unless the cut came during its COMMIT. Without this a
+/// create without an Idempotency-Key would commit after its 503 and its retry duplicate it.
+/// (PATCH and DELETE are single statements that commit on their own: nothing to abandon.)
+async fn unless_cut(
+    cut: &CancellationToken,
+    work: impl Future<Output = ApiResult<Reply>>,
+) -> ApiResult<Reply> {
+    tokio::select! {
+        biased;
+        reply = work => reply,
+        () = cut.cancelled() => Err(ApiError::DeadlineExceeded),
+    }
 }
 
 /// Creates an item.
@@ -102,11 +125,14 @@ pub async fn create(
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
-    to_completion(&state, async move {
+    to_completion(&state, |cut| async move {
         let outcome = run_once(&task, keyed, move |tx| {
             Box::pin(async move {
-                let item = items::insert(&db, tx, owner, &new).await?;
-                Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
+                unless_cut(&cut, async {
+                    let item = items::insert(&db, tx, owner, &new).await?;
+                    Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
+                })
+                .await
             })
         })
         .await;
@@ -170,7 +196,7 @@ pub async fn update(
     patch.check(&mut errors);
     validated(errors)?;
     let (task, owner) = (state.clone(), user.id);
-    let item = to_completion(&state, async move {
+    let item = to_completion(&state, |_| async move {
         let db = &task.db;
         let updated = items::update(db, &db.pool, owner, id, expected.as_deref(), &patch).await;
         // Applied, refused (404, 412: proof the cache may disagree) or unknown (an error):
@@ -205,7 +231,7 @@ pub async fn remove(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
     let (task, owner) = (state.clone(), user.id);
-    to_completion(&state, async move {
+    to_completion(&state, |_| async move {
         let db = &task.db;
         let deleted = items::delete(db, &db.pool, owner, id, expected.as_deref()).await;
         // As for PATCH: whatever PostgreSQL did, the item's entry follows it.
@@ -430,16 +456,19 @@ pub async fn upsert(
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
-    to_completion(&state, async move {
+    to_completion(&state, |cut| async move {
         let outcome = run_once(&task, keyed, move |tx| {
             Box::pin(async move {
-                let (item, created) = items::upsert(&db, tx, owner, &new).await?;
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(Reply::json(status, &item)?.with_etag(item.etag()))
+                unless_cut(&cut, async {
+                    let (item, created) = items::upsert(&db, tx, owner, &new).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    Ok(Reply::json(status, &item)?.with_etag(item.etag()))
+                })
+                .await
             })
         })
         .await;
@@ -492,28 +521,31 @@ pub async fn batch(
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
-    to_completion(&state, async move {
+    to_completion(&state, |cut| async move {
         // The updated items' cache entries must go stale; the transaction reports their ids.
         let updated_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let updated = updated_ids.clone();
         let outcome = run_once(&task, keyed, move |tx| {
             Box::pin(async move {
-                let mut result = BatchResult {
-                    created: 0,
-                    updated: 0,
-                };
-                let mut ids = Vec::new();
-                for item in batch.in_canonical_order() {
-                    match items::upsert(&db, &mut *tx, owner, item).await? {
-                        (_, true) => result.created += 1,
-                        (row, false) => {
-                            result.updated += 1;
-                            ids.push(row.id);
+                unless_cut(&cut, async {
+                    let mut result = BatchResult {
+                        created: 0,
+                        updated: 0,
+                    };
+                    let mut ids = Vec::new();
+                    for item in batch.in_canonical_order() {
+                        match items::upsert(&db, &mut *tx, owner, item).await? {
+                            (_, true) => result.created += 1,
+                            (row, false) => {
+                                result.updated += 1;
+                                ids.push(row.id);
+                            }
                         }
                     }
-                }
-                *updated.lock().unwrap_or_else(|e| e.into_inner()) = ids;
-                Reply::json(StatusCode::OK, &result)
+                    *updated.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+                    Reply::json(StatusCode::OK, &result)
+                })
+                .await
             })
         })
         .await;
