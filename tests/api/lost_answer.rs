@@ -382,3 +382,64 @@ async fn an_evicted_epoch_bumped_twice_never_comes_back_at_a_value_entries_carry
         "an entry stamped before the bump was served after it"
     );
 }
+
+async fn counter_value(key: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{}", crate::helpers::REDIS_ADDR)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stopping_replica_finishes_the_writes_the_deadline_cut_before_closing_its_pools() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("REQUEST_TIMEOUT_MS", "1000")
+            .env("DRAIN_DELAY_MS", "0"),
+    )
+    .await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    let item = app.note(&token, "deleted while stopping").await;
+    let id = item["id"].as_str().unwrap().to_owned();
+    let generation = user_generation(&app, &token).await;
+    let before = counter_value(&generation).await;
+    assert!(before.is_some());
+
+    let mut locker = connect(&app).await;
+    let lock = lock_row(&mut locker, &id).await;
+    let cut = app
+        .call(
+            Method::DELETE,
+            &format!("/api/items/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    says_outcome_unknown(&cut);
+    app.signal();
+    // The replica is stopping while PostgreSQL still holds the delete.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lock.commit().await.expect("release the row");
+    let stopped = tokio::time::timeout(Duration::from_secs(20), app.run)
+        .await
+        .expect("stopped in time")
+        .expect("run task")
+        .expect("stopped cleanly");
+    assert_eq!(stopped, cartae_database_api::startup::Stopped::Gracefully);
+
+    let gone: Option<i32> = sqlx::query_scalar("SELECT version FROM items WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_optional(&mut locker)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "the delete committed");
+    assert_ne!(
+        counter_value(&generation).await,
+        before,
+        "the replica stopped without invalidating what its last write changed"
+    );
+}
