@@ -258,7 +258,7 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
     pair.primary.crash();
     pair.promote_standby().await.expect("standby promoted");
     let deadline = Instant::now() + FOLLOW_WITHIN;
-    loop {
+    let logged_out = loop {
         let logout = a
             .call(
                 reqwest::Method::POST,
@@ -268,15 +268,21 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
             )
             .await;
         if logout.status == 204 {
-            break;
+            break Instant::now();
         }
         assert_eq!(logout.status, 503, "{}", logout.body);
         assert!(Instant::now() < deadline, "the logout never committed");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
 
-    // B reaches the new primary again: once its copy is fresh, it must hold the logout.
+    // B reaches the new primary again. The promise: refused everywhere within 1 s of the
+    // logout's answer. Until then B may still answer from its copy of the old primary's
+    // list; from then on its copy is fresh only if it has polled the new primary.
     to_standby.set_mode(Mode::Forward);
+    tokio::time::sleep(
+        (logged_out + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     let fresh = cartae_harness::process::wait_until(FOLLOW_WITHIN, || {
         std::future::ready(b.state.denylist.is_fresh())
     })
