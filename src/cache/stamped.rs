@@ -1,10 +1,11 @@
-//! Cache-aside entries that a single `INCR` makes stale, on every replica at once.
+//! Cache-aside entries that a single increment makes stale, on every replica at once.
 //!
 //! Each entry is stored as `epoch:generation:payload`, stamped with the cluster-wide cache
 //! epoch and the entry's generation counter as they were read *before* the PostgreSQL
 //! read that produced the payload. A lookup reads epoch, generation and entry in one round
 //! trip and accepts the entry only if both stamps still match. A write commits to
-//! PostgreSQL, then increments the generations it affects before it answers. So:
+//! PostgreSQL, then increments the generations it affects before it answers, and even if
+//! the deadline cut its request meanwhile (`http::api::items`). So:
 //!
 //! - a reader that filled from PostgreSQL before the commit stamped its entry with the old
 //!   generation, which no longer matches: the classic cache-aside race (read old, write,
