@@ -7,9 +7,10 @@
 //! zero requests.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use prometheus::{IntGauge, IntGaugeVec};
 
@@ -95,6 +96,10 @@ pub struct Lifecycle {
     /// `lifecycle_phase{phase}` of this instance, one gauge per phase in [`Phase::ALL`]'s
     /// order. Handed in as plain gauges so that this bottom layer knows no metrics module.
     phase_gauges: Vec<IntGauge>,
+    /// Writes that run to the end whatever happens to their request (see
+    /// `http::api::items`): a stopping replica waits for them before closing its pools,
+    /// or a write committed after its request's deadline would lose its cache invalidation.
+    pub writes: TaskTracker,
 }
 
 impl Lifecycle {
@@ -108,9 +113,18 @@ impl Lifecycle {
             step: AtomicU8::new(0),
             started_at: Instant::now(),
             phase_gauges,
+            writes: TaskTracker::new(),
         };
         lifecycle.publish(Phase::Starting);
         lifecycle
+    }
+
+    /// Waits up to `within` for the writes still running; false if some were left.
+    pub async fn finish_writes(&self, within: Duration) -> bool {
+        self.writes.close();
+        tokio::time::timeout(within, self.writes.wait())
+            .await
+            .is_ok()
     }
 
     pub fn phase(&self) -> Phase {

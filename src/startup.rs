@@ -225,6 +225,9 @@ impl Application {
         {
             tracing::warn!("background tasks did not stop in time");
         }
+        if !lifecycle.finish_writes(Duration::from_secs(5)).await {
+            tracing::warn!("writes cut by the deadline still running at shutdown");
+        }
         metrics_shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), metrics).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), state.db.close()).await;

@@ -9,6 +9,11 @@
 //! listener looks exactly like a quiet one. A poll is exact by construction, and its
 //! freshness is known: the start of the last successful poll.
 //!
+//! A horizon is a transaction id of one server's history. When the answer comes from
+//! another server (the primary moved) or the server's next transaction id is below the
+//! horizon (a promoted standby that never saw the old primary's last ids), the horizon
+//! means nothing there, and the whole list is read again.
+//!
 //! What a check does when the copy may be behind: if the last successful poll began more
 //! than [`FRESH_FOR`] ago (PostgreSQL slow or unreachable from this replica), the token is
 //! checked in PostgreSQL itself, as before. So a revoked token is refused on every replica
@@ -26,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::jwt::Claims;
-use crate::db::revocations::{self, RevokedToken};
+use crate::db::revocations::{self, Changes, RevokedToken};
 use crate::db::Database;
 
 /// How often each replica reads new revocations: four indexed reads a second per replica.
@@ -45,6 +50,34 @@ struct Copy {
     revoked: HashMap<Uuid, i64>,
     /// When the last successful poll began: everything committed before is in `revoked`.
     synced: Option<Instant>,
+}
+
+/// Where the previous poll stopped: a transaction id of one server's history.
+struct Horizon {
+    server: String,
+    txid: i64,
+}
+
+/// The revocations since `horizon`, or all of them when `horizon` does not belong to the
+/// server that answers. After a failover the new primary's transaction ids may be below a
+/// horizon taken on the old one (an aborted transaction whose WAL never reached the
+/// standby pushed the old primary's ahead): reading from that horizon would skip the first
+/// logouts on the new primary, so the whole list is read again.
+async fn poll(db: &Database, horizon: Option<&Horizon>) -> Result<Changes, sqlx::Error> {
+    let changes = revocations::since(db, horizon.map(|h| h.txid)).await?;
+    match horizon {
+        Some(h) if !changes.continues(&h.server, h.txid) => {
+            tracing::warn!(
+                from = %h.server,
+                to = %changes.server,
+                horizon = h.txid,
+                next = changes.next,
+                "the revocations now come from another primary or history: reloading them all"
+            );
+            revocations::since(db, None).await
+        }
+        _ => Ok(changes),
+    }
 }
 
 #[derive(Default)]
@@ -91,14 +124,17 @@ impl Denylist {
         let mut failing = false;
         while crate::lifecycle::next_tick(&mut ticker, &shutdown).await {
             let started = Instant::now();
-            match revocations::since(&db, horizon).await {
+            match poll(&db, horizon.as_ref()).await {
                 Ok(changes) => {
                     let prune = pruned.elapsed() >= PRUNE_INTERVAL;
                     self.apply(changes.revoked, started, prune);
                     if prune {
                         pruned = started;
                     }
-                    horizon = Some(changes.horizon);
+                    horizon = Some(Horizon {
+                        server: changes.server,
+                        txid: changes.horizon,
+                    });
                     if std::mem::take(&mut failing) {
                         tracing::info!("denylist followed again");
                     }

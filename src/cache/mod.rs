@@ -6,7 +6,7 @@
 //! back to PostgreSQL. A Redis outage makes the service slower, never wrong.
 //!
 //! - [`stamped`]: cache-aside entries stamped with a cluster epoch and a per-user
-//!   generation, so one `INCR` makes every cached read of a user stale at once, on every
+//!   generation, so one increment makes every cached read of a user stale at once, on every
 //!   replica.
 //! - [`trust`]: after a failed invalidation this replica stops reading the entries it could
 //!   have left stale until a background repair has applied it (see there why).

@@ -1,10 +1,11 @@
-//! Cache-aside entries that a single `INCR` makes stale, on every replica at once.
+//! Cache-aside entries that a single increment makes stale, on every replica at once.
 //!
 //! Each entry is stored as `epoch:generation:payload`, stamped with the cluster-wide cache
 //! epoch and the entry's generation counter as they were read *before* the PostgreSQL
 //! read that produced the payload. A lookup reads epoch, generation and entry in one round
 //! trip and accepts the entry only if both stamps still match. A write commits to
-//! PostgreSQL, then increments the generations it affects before it answers. So:
+//! PostgreSQL, then increments the generations it affects before it answers, and even if
+//! the deadline cut its request meanwhile (`http::api::items`). So:
 //!
 //! - a reader that filled from PostgreSQL before the commit stamped its entry with the old
 //!   generation, which no longer matches: the classic cache-aside race (read old, write,
@@ -14,7 +15,8 @@
 //! - list and search pages follow the user's generation, which every write of the user
 //!   increments: one increment stales all of them together;
 //! - a missing epoch or generation (first use, eviction under `maxmemory`, expiry) is
-//!   re-created with a random value, so a re-created counter never matches an old stamp.
+//!   re-created with a random value, by the lookup as by the invalidation, so a re-created
+//!   counter never matches an old stamp.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 use super::{Cache, CacheError};
 
 /// Reads epoch, generation and entry, creating missing counters, in one atomic round trip.
+/// Redis scripts cannot draw random numbers, so the fresh values come as arguments.
 const LOOKUP_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -40,47 +43,101 @@ end
 return {epoch, generation, redis.call('GET', KEYS[3])}
 ";
 
-/// The script's SHA1 as Redis reported it on the first `SCRIPT LOAD`. Lookups run the script
-/// by this digest (`EVALSHA`) instead of sending its text on every read. The digest of a
-/// given text never changes, so it is loaded once per process; a Redis that lost its
-/// script cache (a restart, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the lookup loads the
-/// script again and retries, within the same timeout.
-static LOOKUP_SHA: OnceLock<String> = OnceLock::new();
+/// Increments each counter (`KEYS[1..ARGV[2]]`) that exists and sets a missing one to a
+/// fresh random value (`ARGV[3..]`), renewing its lifetime (`ARGV[1]` ms, 0 for none); then
+/// deletes the remaining keys. A plain `INCR` would re-create an evicted counter at 1, a
+/// value older entries may carry: under `allkeys-lru` a counter can go at any time.
+const INVALIDATE_SCRIPT: &str = r"
+local ttl = tonumber(ARGV[1])
+local counters = tonumber(ARGV[2])
+for i = 1, counters do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCR', KEYS[i])
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  elseif ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 2])
+  end
+end
+if #KEYS > counters then
+  redis.call('DEL', unpack(KEYS, counters + 1))
+end
+return 0
+";
 
-async fn load_lookup_script<C: ConnectionLike>(conn: &mut C) -> RedisResult<&'static str> {
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(LOOKUP_SCRIPT)
-        .query_async(conn)
-        .await?;
-    Ok(LOOKUP_SHA.get_or_init(|| sha))
+/// A script run by its SHA1 (`EVALSHA`) instead of sending its text every time. Redis
+/// reports the digest on the first `SCRIPT LOAD`; the digest of a given text never changes,
+/// so it is loaded once per process. A Redis that lost its script cache (a restart,
+/// `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call loads the script again and retries,
+/// within the same timeout.
+struct Script {
+    text: &'static str,
+    sha: OnceLock<String>,
+}
+
+static LOOKUP: Script = Script::new(LOOKUP_SCRIPT);
+static INVALIDATE: Script = Script::new(INVALIDATE_SCRIPT);
+
+impl Script {
+    const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            sha: OnceLock::new(),
+        }
+    }
+
+    async fn load<C: ConnectionLike>(&self, conn: &mut C) -> RedisResult<&str> {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(self.text)
+            .query_async(conn)
+            .await?;
+        Ok(self.sha.get_or_init(|| sha))
+    }
+
+    /// Runs the script with `args` (the key count, the keys, then the arguments), loading it
+    /// first when Redis does not have it.
+    async fn run<C, T>(&self, conn: &mut C, args: impl Fn(&mut redis::Cmd)) -> RedisResult<T>
+    where
+        C: ConnectionLike,
+        T: redis::FromRedisValue,
+    {
+        let evalsha = |sha: &str| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha);
+            args(&mut cmd);
+            cmd
+        };
+        let sha = match self.sha.get() {
+            Some(sha) => sha,
+            None => self.load(conn).await?,
+        };
+        match evalsha(sha).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                let sha = self.load(conn).await?;
+                evalsha(sha).query_async(conn).await
+            }
+            found => found,
+        }
+    }
 }
 
 type Found = (String, String, Option<String>);
 
-/// Runs the lookup script by digest, loading it first when Redis does not have it.
+/// Runs the lookup script by digest.
 async fn run_lookup<C: ConnectionLike>(conn: &mut C, keys: &[String; 3]) -> RedisResult<Found> {
-    let evalsha = |sha: &str| {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha)
-            .arg(3)
-            .arg(keys)
-            .arg(random_counter())
-            .arg(random_counter())
-            .arg(GENERATION_TTL.as_millis() as u64);
-        cmd
-    };
-    let sha = match LOOKUP_SHA.get() {
-        Some(sha) => sha,
-        None => load_lookup_script(conn).await?,
-    };
-    match evalsha(sha).query_async(conn).await {
-        Err(e) if e.kind() == ErrorKind::NoScriptError => {
-            let sha = load_lookup_script(conn).await?;
-            evalsha(sha).query_async(conn).await
-        }
-        found => found,
-    }
+    LOOKUP
+        .run(conn, |cmd| {
+            cmd.arg(3)
+                .arg(keys)
+                .arg(random_counter())
+                .arg(random_counter())
+                .arg(GENERATION_TTL.as_millis() as u64);
+        })
+        .await
 }
 
 /// The counters an entry was read under.
@@ -109,18 +166,16 @@ pub fn epoch_key(cache: &Cache) -> String {
     cache.key(format_args!("epoch"))
 }
 
-/// Makes every entry stale, on every replica at once: one `INCR` of the cluster epoch,
-/// within `timeout`. What a replica does when it starts, and what an operator runs
+/// Makes every entry stale, on every replica at once: the cluster epoch incremented (or,
+/// evicted, set to a fresh random value), within `timeout`. What a replica does when it starts, and what an operator runs
 /// (`cartae-database-api cache-bump`) after restoring the database to an earlier time,
 /// when every cached entry may be newer than the data.
 pub async fn bump_epoch(cache: &Cache, timeout: Duration) -> Result<(), CacheError> {
     let epoch = epoch_key(cache);
     cache
         .exec(timeout, |mut conn| async move {
-            redis::cmd("INCR")
-                .arg(epoch)
-                .query_async::<()>(&mut conn)
-                .await
+            // The epoch never expires: the lookup creates it without a lifetime too.
+            advance(&mut conn, &[epoch], None, &[]).await
         })
         .await
 }
@@ -191,12 +246,8 @@ pub async fn fill(cache: &Cache, key: &str, stamp: &Stamp, payload: &str, ttl: D
 /// Makes every entry that follows one of `generations` stale, and drops `keys` outright
 /// (to free memory early). Called after a write commits and before it is answered.
 pub async fn invalidate(cache: &Cache, generations: &[String], keys: &[String]) {
-    let mut pipe = increments(generations);
-    if !keys.is_empty() {
-        pipe.cmd("DEL").arg(keys).ignore();
-    }
     let result = cache
-        .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+        .run(|mut conn| async move { increment(&mut conn, generations, keys).await })
         .await;
     if let Err(e) = result {
         // Until the repair applies them, this replica reads none of these entries.
@@ -205,15 +256,38 @@ pub async fn invalidate(cache: &Cache, generations: &[String], keys: &[String]) 
     }
 }
 
-/// Increments each generation (and renews its lifetime): what makes its entries stale.
-pub fn increments(generations: &[String]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    for generation in generations {
-        pipe.cmd("INCR").arg(generation).ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(generation)
-            .arg(GENERATION_TTL.as_millis() as u64)
-            .ignore();
+/// Moves each generation to a value no entry carries (and renews its lifetime): what makes
+/// its entries stale. Then deletes `keys`. One atomic round trip.
+pub async fn increment<C: ConnectionLike>(
+    conn: &mut C,
+    generations: &[String],
+    keys: &[String],
+) -> RedisResult<()> {
+    advance(conn, generations, Some(GENERATION_TTL), keys).await
+}
+
+/// Increments `counters`, or sets the missing ones to fresh random values, with `ttl`
+/// (none: they stay); then deletes `keys`.
+async fn advance<C: ConnectionLike>(
+    conn: &mut C,
+    counters: &[String],
+    ttl: Option<Duration>,
+    keys: &[String],
+) -> RedisResult<()> {
+    if counters.is_empty() && keys.is_empty() {
+        return Ok(());
     }
-    pipe
+    let ttl_ms = ttl.map_or(0, |ttl| ttl.as_millis().max(1) as u64);
+    INVALIDATE
+        .run(conn, |cmd| {
+            cmd.arg(counters.len() + keys.len())
+                .arg(counters)
+                .arg(keys)
+                .arg(ttl_ms)
+                .arg(counters.len());
+            for _ in counters {
+                cmd.arg(random_counter());
+            }
+        })
+        .await
 }

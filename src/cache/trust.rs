@@ -149,10 +149,10 @@ async fn repair(cache: &Cache) -> Result<(), CacheError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let pipe = super::stamped::increments(&batch);
     cache
-        .exec(REPAIR_TIMEOUT, |mut conn| async move {
-            pipe.query_async::<()>(&mut conn).await
+        .exec(REPAIR_TIMEOUT, |mut conn| {
+            let batch = &batch;
+            async move { super::stamped::increment(&mut conn, batch, &[]).await }
         })
         .await?;
     trust.repaired(&batch);

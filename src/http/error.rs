@@ -155,13 +155,16 @@ impl ApiError {
                 format!("too many failed logins for this account from your address, retry in {seconds} s"),
                 Vec::new(),
             ),
-            ApiError::Unavailable(_) => {
-                ("database unavailable, retry later".to_owned(), Vec::new())
-            }
+            ApiError::Unavailable(_) => (
+                format!("database unavailable, retry later; {MAY_HAVE_BEEN_APPLIED}"),
+                Vec::new(),
+            ),
             ApiError::Starting => ("starting, retry later".to_owned(), Vec::new()),
             ApiError::Overloaded(what) => (format!("{what} at capacity, retry later"), Vec::new()),
             ApiError::DeadlineExceeded => (
-                "request took longer than the server's deadline, retry later".to_owned(),
+                format!(
+                    "request took longer than the server's deadline, retry later; {MAY_HAVE_BEEN_APPLIED}"
+                ),
                 Vec::new(),
             ),
             ApiError::Database(_) | ApiError::Internal(_) => {
@@ -207,6 +210,12 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The outcome of a write cut by the deadline or by a database failure is unknown: it may
+/// commit after the answer, or have committed when the connection dropped. The same words
+/// on reads cost nothing, and a layer that answers for the handler (the deadline) does not
+/// know which it cut.
+const MAY_HAVE_BEEN_APPLIED: &str = "a write may have been applied: retry a POST with the same Idempotency-Key (applied once), read the item before retrying a PATCH or DELETE";
 
 /// What every 503 of the API port sends as `Retry-After`: all its causes are temporary.
 pub const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");

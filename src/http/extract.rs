@@ -369,8 +369,11 @@ impl utoipa::IntoParams for IdempotencyKey {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         vec![header_param(
             "Idempotency-Key",
-            "Replays the first response on retry (with `Idempotent-Replayed: true`); \
-             reusing a key for another request is a 422. A UUID is a good choice",
+            "Recommended on every write. A write whose answer is lost (a 503 past the \
+             deadline or on a database failure, a timeout, a dropped connection) may have \
+             been applied: retried with the same key, it is applied exactly once. The \
+             retry replays the first response (with `Idempotent-Replayed: true`); reusing \
+             a key for another request is a 422. A UUID is a good choice",
             ObjectBuilder::new()
                 .min_length(Some(1))
                 .max_length(Some(IDEMPOTENCY_KEY_MAX))

@@ -15,6 +15,7 @@ mod fuzz;
 mod health;
 mod items;
 mod lifecycle;
+mod lost_answer;
 mod metrics;
 mod migrations;
 mod openapi;

@@ -91,3 +91,54 @@ async fn the_openapi_document_matches_the_routes() {
         assert!(served >= 1.0, "{method} {path} was not routed");
     }
 }
+
+/// Issue 25: a write whose answer is lost may have been applied; the document says so, and
+/// recommends the key that makes the retry safe on every POST that writes.
+#[tokio::test]
+async fn the_document_recommends_an_idempotency_key_on_every_write() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let (_, doc) = app.get_json("/api/openapi.json").await;
+    let keyed: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(path, item)| {
+            let params = item["post"]["parameters"].as_array()?;
+            let key = params.iter().find(|p| p["name"] == "Idempotency-Key")?;
+            let description = key["description"].as_str().unwrap();
+            assert!(
+                description.starts_with("Recommended on every write"),
+                "{path}: {description}"
+            );
+            Some(path.clone())
+        })
+        .collect();
+    let writes: BTreeSet<String> = [
+        "/api/auth/register",
+        "/api/items",
+        "/api/items/upsert",
+        "/api/items/batch",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(keyed, writes);
+    for (path, method) in [
+        ("/api/items", "post"),
+        ("/api/items/{id}", "patch"),
+        ("/api/items/{id}", "delete"),
+    ] {
+        let unavailable = doc["paths"][path][method]["responses"]["503"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(
+            unavailable.contains("may have been applied"),
+            "{method} {path}: {unavailable}"
+        );
+    }
+    assert!(doc["info"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+}

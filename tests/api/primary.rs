@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::helpers::{spawn_app_with, AppOptions, TestApp};
 use crate::support::pg_pair::{PgPair, DATABASE};
+use crate::support::proxy::{Mode, TcpProxy};
 
 /// A failover on a busy 2-core machine: a promotion, then a discovery round.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(20);
@@ -182,4 +183,124 @@ async fn set_read_only(conn: &mut sqlx::PgConnection, on: bool) {
         .execute(&mut *conn)
         .await
         .unwrap();
+}
+
+/// A token's check on `app`: 200 accepted, 401 refused, 503 unknown (no database).
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.call(reqwest::Method::GET, "/api/auth/me", Some(token), None)
+        .await
+        .status
+}
+
+/// Issue 25, item 3. A replica's denylist horizon is a transaction id of the old primary's
+/// history; a promoted standby that never received the old primary's last transactions
+/// hands out lower ids. A logout committed on the new primary before the replica's first
+/// poll there must not be skipped.
+#[tokio::test]
+async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_running() {
+    let mut pair = PgPair::start().await.expect("primary and standby start");
+    // Replica B reaches the servers through proxies the test controls.
+    let to_primary = TcpProxy::start(pair.primary.addr().parse().unwrap(), false).await;
+    let to_standby = TcpProxy::start(pair.standby.addr().parse().unwrap(), false).await;
+    let hosts = |a: String, b: String| {
+        format!("postgres://postgres@{a},{b}/{DATABASE}?sslmode=disable&target_session_attrs=read-write")
+    };
+    let options = || AppOptions {
+        database: Some(DATABASE.to_owned()),
+        ..AppOptions::default()
+    };
+    let a = spawn_app_with(options().env(
+        "DATABASE_URL",
+        &hosts(pair.primary.addr(), pair.standby.addr()),
+    ))
+    .await;
+    let token = a.new_user().await;
+    let b = spawn_app_with(options().sharing_with(&a).env(
+        "DATABASE_URL",
+        &hosts(to_primary.addr.to_string(), to_standby.addr.to_string()),
+    ))
+    .await;
+    b.wait_ready().await;
+    assert_eq!(me(&b, &token).await, 200);
+
+    // The standby stops receiving WAL: what the primary does from now on never reaches it.
+    let mut standby = pair.standby.connect().await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET primary_conninfo = ''",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql).execute(&mut standby).await.unwrap();
+    }
+    let cut = cartae_harness::process::wait_until(FOLLOW_WITHIN, || async {
+        let receivers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_wal_receiver")
+            .fetch_one(&mut pair.standby.connect().await.unwrap())
+            .await
+            .unwrap();
+        receivers == 0
+    })
+    .await;
+    assert!(cut, "the standby kept receiving WAL");
+    // Transactions the standby will never know of push the primary's ids ahead, and B's
+    // horizon with them.
+    let mut primary = pair.primary.connect().await.unwrap();
+    for _ in 0..300 {
+        sqlx::query("SELECT txid_current()")
+            .execute(&mut primary)
+            .await
+            .unwrap();
+    }
+    drop(primary);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(b.state.denylist.is_fresh(), "B polled the old primary");
+
+    // The failover, while B cannot reach the new primary yet; A logs out there.
+    to_standby.set_mode(Mode::Cut);
+    pair.primary.crash();
+    pair.promote_standby().await.expect("standby promoted");
+    let deadline = Instant::now() + FOLLOW_WITHIN;
+    let logged_out = loop {
+        let logout = a
+            .call(
+                reqwest::Method::POST,
+                "/api/auth/logout",
+                Some(&token),
+                None,
+            )
+            .await;
+        if logout.status == 204 {
+            break Instant::now();
+        }
+        assert_eq!(logout.status, 503, "{}", logout.body);
+        assert!(Instant::now() < deadline, "the logout never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // B reaches the new primary again. The promise: refused everywhere within 1 s of the
+    // logout's answer. Until then B may still answer from its copy of the old primary's
+    // list; from then on its copy is fresh only if it has polled the new primary.
+    to_standby.set_mode(Mode::Forward);
+    tokio::time::sleep(
+        (logged_out + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let fresh = cartae_harness::process::wait_until(FOLLOW_WITHIN, || {
+        std::future::ready(b.state.denylist.is_fresh())
+    })
+    .await;
+    assert!(fresh, "B never followed the new primary");
+    // Its request pool follows the primary on its own round: 503 until then.
+    let deadline = Instant::now() + FOLLOW_WITHIN;
+    while me(&b, &token).await == 503 {
+        assert!(Instant::now() < deadline, "B never served again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(
+            me(&b, &token).await,
+            401,
+            "B accepted a token revoked on the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -13,7 +13,10 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "Cartae database API",
-        description = "Users, items, search and stats. Errors are `{error, details: [{path, message}]}`."
+        description = "Users, items, search and stats. Errors are `{error, details: [{path, message}]}`. \
+            Send an `Idempotency-Key` with every POST that writes: a write answered 503 past the \
+            deadline or on a database failure may have been applied, and only the key makes \
+            its retry safe. PATCH and DELETE are retried with `If-Match` after a read."
     ),
     paths(
         super::auth::register,

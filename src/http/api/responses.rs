@@ -53,8 +53,9 @@ impl IntoResponses for ServerErrors {
                 error(
                     "Temporarily unable to serve: starting, at capacity, past the request \
                      deadline, or the database unreachable or failing over. Retry after \
-                     Retry-After seconds (the same request is safe to retry with its \
-                     Idempotency-Key)",
+                     Retry-After seconds. Past the deadline or on a database failure a write \
+                     may have been applied: a POST is safe to retry with the same \
+                     Idempotency-Key; read the item before retrying a PATCH or DELETE",
                     &[(
                         "Retry-After",
                         "Seconds to wait before retrying",

@@ -3,6 +3,8 @@
 
 pub mod cursor;
 
+use std::future::Future;
+
 use axum::extract::State;
 use axum::http::header::ETAG;
 use axum::http::StatusCode;
@@ -10,6 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -52,6 +56,50 @@ async fn missing_or_stale(state: &AppState, user: Uuid, id: Uuid) -> ApiError {
     }
 }
 
+/// Runs a write, with the cache invalidation that follows it, to the end in a task of its
+/// own, and returns its answer. `write` is handed a token cancelled when the request is
+/// dropped (the deadline cut it, or the client left).
+///
+/// The request deadline drops the handler, not PostgreSQL's work: a statement the handler
+/// was waiting on still commits. Were the invalidation the handler's, that cut would leave
+/// the cache serving the old state for the entry's TTL. Here the client gets its 503 at the
+/// deadline (outcome unknown), and the task still invalidates once PostgreSQL has decided,
+/// committed or cancelled by `statement_timeout`, which bounds how long it can outlive the
+/// request. The lifecycle tracks it, so a stopping replica waits for it.
+async fn to_completion<T, F>(
+    state: &AppState,
+    write: impl FnOnce(CancellationToken) -> F,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: Future<Output = ApiResult<T>> + Send + 'static,
+{
+    let cut = CancellationToken::new();
+    // Also cancels once the answer is in: the task has finished by then.
+    let _cut_when_dropped = cut.clone().drop_guard();
+    state
+        .lifecycle
+        .writes
+        .spawn(write(cut).in_current_span())
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("write task failed: {e}")))?
+}
+
+/// A transaction's work, abandoned if the request is cut first: the transaction then rolls
+/// back, so a cut POST is not applied unless the cut came during its COMMIT. Without this a
+/// create without an Idempotency-Key would commit after its 503 and its retry duplicate it.
+/// (PATCH and DELETE are single statements that commit on their own: nothing to abandon.)
+async fn unless_cut(
+    cut: &CancellationToken,
+    work: impl Future<Output = ApiResult<Reply>>,
+) -> ApiResult<Reply> {
+    tokio::select! {
+        biased;
+        reply = work => reply,
+        () = cut.cancelled() => Err(ApiError::DeadlineExceeded),
+    }
+}
+
 /// Creates an item.
 #[utoipa::path(
     post, path = "/api/items", tag = "items",
@@ -76,17 +124,26 @@ pub async fn create(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
-    let outcome = run_once(&state, keyed, move |tx| {
-        Box::pin(async move {
-            let item = items::insert(&db, tx, owner, &new).await?;
-            Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
+    let task = state.clone();
+    to_completion(&state, |cut| async move {
+        let outcome = run_once(&task, keyed, move |tx| {
+            Box::pin(async move {
+                unless_cut(&cut, async {
+                    let item = items::insert(&db, tx, owner, &new).await?;
+                    Ok(Reply::json(StatusCode::CREATED, &item)?.with_etag(item.etag()))
+                })
+                .await
+            })
         })
+        .await;
+        // An error may hide a commit (the connection lost during COMMIT): only a replay is
+        // known to have written nothing.
+        if !matches!(outcome, Ok(Outcome::Replayed(_))) {
+            cache::items::invalidate(&task.cache, owner, &[]).await;
+        }
+        outcome
     })
-    .await?;
-    if let Outcome::Fresh(_) = outcome {
-        cache::items::invalidate(&state.cache, user.id, &[]).await;
-    }
-    Ok(outcome)
+    .await
 }
 
 /// Reads one item (cache-aside in Redis).
@@ -138,19 +195,19 @@ pub async fn update(
     let mut errors = Vec::new();
     patch.check(&mut errors);
     validated(errors)?;
-    let updated = items::update(
-        &state.db,
-        &state.db.pool,
-        user.id,
-        id,
-        expected.as_deref(),
-        &patch,
-    )
+    let (task, owner) = (state.clone(), user.id);
+    let item = to_completion(&state, |_| async move {
+        let db = &task.db;
+        let updated = items::update(db, &db.pool, owner, id, expected.as_deref(), &patch).await;
+        // Applied, refused (404, 412: proof the cache may disagree) or unknown (an error):
+        // whatever PostgreSQL did, the item's entry follows it.
+        cache::items::invalidate(&task.cache, owner, &[id]).await;
+        match updated? {
+            Some(item) => Ok(item),
+            None => Err(missing_or_stale(&task, owner, id).await),
+        }
+    })
     .await?;
-    let Some(item) = updated else {
-        return Err(missing_or_stale(&state, user.id, id).await);
-    };
-    cache::items::invalidate(&state.cache, user.id, &[id]).await;
     Ok(with_etag(item))
 }
 
@@ -173,11 +230,18 @@ pub async fn remove(
     Id(id): Id,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
-    if !items::delete(&state.db, &state.db.pool, user.id, id, expected.as_deref()).await? {
-        return Err(missing_or_stale(&state, user.id, id).await);
-    }
-    cache::items::invalidate(&state.cache, user.id, &[id]).await;
-    Ok(StatusCode::NO_CONTENT)
+    let (task, owner) = (state.clone(), user.id);
+    to_completion(&state, |_| async move {
+        let db = &task.db;
+        let deleted = items::delete(db, &db.pool, owner, id, expected.as_deref()).await;
+        // As for PATCH: whatever PostgreSQL did, the item's entry follows it.
+        cache::items::invalidate(&task.cache, owner, &[id]).await;
+        match deleted? {
+            true => Ok(StatusCode::NO_CONTENT),
+            false => Err(missing_or_stale(&task, owner, id).await),
+        }
+    })
+    .await
 }
 
 /// Query parameters of `GET /api/items`, as sent: each is parsed and reported on its own.
@@ -391,27 +455,39 @@ pub async fn upsert(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
-    let outcome = run_once(&state, keyed, move |tx| {
-        Box::pin(async move {
-            let (item, created) = items::upsert(&db, tx, owner, &new).await?;
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(Reply::json(status, &item)?.with_etag(item.etag()))
+    let task = state.clone();
+    to_completion(&state, |cut| async move {
+        let outcome = run_once(&task, keyed, move |tx| {
+            Box::pin(async move {
+                unless_cut(&cut, async {
+                    let (item, created) = items::upsert(&db, tx, owner, &new).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    Ok(Reply::json(status, &item)?.with_etag(item.etag()))
+                })
+                .await
+            })
         })
+        .await;
+        // After an error the item is unknown; the user's pages go stale all the same.
+        let ids: Vec<Uuid> = match &outcome {
+            Ok(Outcome::Replayed(_)) => return outcome,
+            Ok(Outcome::Fresh(reply)) => reply
+                .body
+                .get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|i| Uuid::parse_str(i).ok())
+                .into_iter()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        cache::items::invalidate(&task.cache, owner, &ids).await;
+        outcome
     })
-    .await?;
-    if let Outcome::Fresh(reply) = &outcome {
-        let id = reply.body.get("id").and_then(|v| v.as_str());
-        let ids: Vec<Uuid> = id
-            .and_then(|i| Uuid::parse_str(i).ok())
-            .into_iter()
-            .collect();
-        cache::items::invalidate(&state.cache, user.id, &ids).await;
-    }
-    Ok(outcome)
+    .await
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -444,36 +520,45 @@ pub async fn batch(
     validated(errors)?;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
     let (db, owner) = (state.db.clone(), user.id);
-    // The updated items' cache entries must go stale; the transaction reports their ids.
-    let updated_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let updated = updated_ids.clone();
-    let outcome = run_once(&state, keyed, move |tx| {
-        Box::pin(async move {
-            let mut result = BatchResult {
-                created: 0,
-                updated: 0,
-            };
-            let mut ids = Vec::new();
-            for item in batch.in_canonical_order() {
-                match items::upsert(&db, &mut *tx, owner, item).await? {
-                    (_, true) => result.created += 1,
-                    (row, false) => {
-                        result.updated += 1;
-                        ids.push(row.id);
+    let task = state.clone();
+    to_completion(&state, |cut| async move {
+        // The updated items' cache entries must go stale; the transaction reports their ids.
+        let updated_ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let updated = updated_ids.clone();
+        let outcome = run_once(&task, keyed, move |tx| {
+            Box::pin(async move {
+                unless_cut(&cut, async {
+                    let mut result = BatchResult {
+                        created: 0,
+                        updated: 0,
+                    };
+                    let mut ids = Vec::new();
+                    for item in batch.in_canonical_order() {
+                        match items::upsert(&db, &mut *tx, owner, item).await? {
+                            (_, true) => result.created += 1,
+                            (row, false) => {
+                                result.updated += 1;
+                                ids.push(row.id);
+                            }
+                        }
                     }
-                }
-            }
-            *updated.lock().unwrap_or_else(|e| e.into_inner()) = ids;
-            Reply::json(StatusCode::OK, &result)
+                    *updated.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+                    Reply::json(StatusCode::OK, &result)
+                })
+                .await
+            })
         })
+        .await;
+        // After an error, the ids the transaction reported (if it got that far) and the
+        // user's pages go stale: the commit may have happened.
+        if !matches!(outcome, Ok(Outcome::Replayed(_))) {
+            let ids = updated_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            cache::items::invalidate(&task.cache, owner, &ids).await;
+        }
+        outcome
     })
-    .await?;
-    if let Outcome::Fresh(_) = outcome {
-        let ids = updated_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        cache::items::invalidate(&state.cache, user.id, &ids).await;
-    }
-    Ok(outcome)
+    .await
 }
