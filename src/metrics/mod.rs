@@ -198,7 +198,7 @@ impl Metrics {
         let login_throttled = register!(IntCounterVec::new(
             opts(
                 "login_throttled_total",
-                "Logins refused with 429: too many wrong passwords for the account from the client's address"
+                "Logins refused with 429: too many wrong passwords for the account, or too many malformed logins, from the client's network"
             ),
             &i
         ))

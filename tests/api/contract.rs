@@ -326,8 +326,8 @@ async fn bodies_valid_by_the_document_are_accepted_and_the_others_refused_as_doc
             path: "/api/auth/login".into(),
             token: None,
             base: json!({"email": email, "password": PASSWORD}),
-            // Login checks no rule of the schema but the types: a password or email that
-            // breaks one is just wrong (401), and wrong ones are throttled (429).
+            // A password or email that breaks one of the schema's rules is refused before
+            // hashing as a wrong one (401), and such refusals are throttled per address (429).
             accepted: &[200, 401, 429],
             refused: &[400, 401, 422, 429],
             null_means_absent: false,

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use uuid::Uuid;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
 use super::responses::{AuthErrors, BodyErrors, ServerErrors};
@@ -94,45 +95,60 @@ pub async fn login(
     ClientIp(client): ClientIp,
     Json(credentials): Json<Credentials>,
 ) -> ApiResult<axum::Json<TokenResponse>> {
-    let email = credentials.normalized_email();
     let throttle = &state.login_throttle;
-    if let Some(wait) = throttle.wait(&email, client) {
-        state.metrics.login_throttled.inc();
-        return Err(throttled(wait));
+    // Register's rules, before anything shared is touched: a body no account could match
+    // is refused unhashed, and counted against the client's network alone, never as an
+    // entry per account it invents (`auth::throttle`).
+    let mut problems = Vec::new();
+    credentials.check(&mut problems);
+    if !problems.is_empty() {
+        throttle
+            .refused_early(client)
+            .map_err(|wait| throttled(&state, wait))?;
+        return Err(wrong_password());
     }
-    // A wrong password counts against this account from this address only (see
-    // `auth::throttle`), an unknown email too, so that both still look alike.
-    let wrong = || match throttle.failed(&email, client) {
-        Some(wait) => throttled(wait),
-        None => ApiError::Unauthorized("wrong email or password".into()),
+    let email = credentials.normalized_email();
+    // Counted as a failure before hashing, so concurrent guesses cannot all pass the
+    // check; an unknown email counts too, so that both still look alike.
+    let attempt = throttle
+        .reserve(&email, client)
+        .map_err(|wait| throttled(&state, wait))?;
+    let user_id = match verified_user(&state, &email, credentials.password).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return Err(wrong_password()),
+        Err(e) => {
+            throttle.not_evaluated(attempt);
+            return Err(e);
+        }
     };
-    if credentials.password.chars().count() > crate::model::auth::PASSWORD_MAX
-        || email.contains('\0')
-    {
-        return Err(wrong());
-    }
-    let Some(user) = users::by_email(&state.db, &email).await? else {
-        state.passwords.verify_dummy(credentials.password).await?;
-        return Err(wrong());
-    };
-    if !state
-        .passwords
-        .verify(credentials.password, user.password_hash)
-        .await?
-    {
-        return Err(wrong());
-    }
-    throttle.succeeded(&email, client);
-    let issued = state.tokens.issue(user.id).map_err(anyhow::Error::from)?;
-    tracing::info!(user = %user.id, "token issued");
+    throttle.succeeded(attempt);
+    let issued = state.tokens.issue(user_id).map_err(anyhow::Error::from)?;
+    tracing::info!(user = %user_id, "token issued");
     Ok(axum::Json(TokenResponse {
         token: issued.token,
         expires_at: issued.expires_at,
     }))
 }
 
-/// Whole seconds, rounded up: a client that waits as told is let through.
-fn throttled(wait: std::time::Duration) -> ApiError {
+/// The id of the account whose password this is; `None` for a wrong password or an
+/// unknown email, which take the same time.
+async fn verified_user(state: &AppState, email: &str, password: String) -> ApiResult<Option<Uuid>> {
+    let Some(user) = users::by_email(&state.db, email).await? else {
+        state.passwords.verify_dummy(password).await?;
+        return Ok(None);
+    };
+    let right = state.passwords.verify(password, user.password_hash).await?;
+    Ok(right.then_some(user.id))
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::Unauthorized("wrong email or password".into())
+}
+
+/// Every 429 is counted, the first of a block too. Whole seconds, rounded up: a client
+/// that waits as told is let through.
+fn throttled(state: &AppState, wait: std::time::Duration) -> ApiError {
+    state.metrics.login_throttled.inc();
     ApiError::LoginThrottled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
