@@ -109,6 +109,8 @@ pub struct OverloadSettings {
     pub queue_timeout: Duration,
     /// Every data-API request's deadline, also PostgreSQL's `statement_timeout`.
     pub request_timeout: Duration,
+    /// How long a data-API request's body may take to arrive, before it is admitted.
+    pub body_timeout: Duration,
 }
 
 /// PostgreSQL's `statement_timeout` runs this much past the request deadline: the two
@@ -606,6 +608,7 @@ fn overload(
         max_queued: parse_or(src, "MAX_QUEUED_REQUESTS", max_in_flight)?,
         queue_timeout: millis(src, "QUEUE_TIMEOUT_MS", 200, 0)?,
         request_timeout: millis(src, "REQUEST_TIMEOUT_MS", 5_000, 10)?,
+        body_timeout: millis(src, "BODY_TIMEOUT_MS", 5_000, 10)?,
     })
 }
 

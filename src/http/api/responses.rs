@@ -110,6 +110,14 @@ impl IntoResponses for BodyErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         responses([
             (400, bad_request()),
+            (
+                408,
+                error(
+                    "The body did not arrive within the server's `BODY_TIMEOUT_MS` (5 s by \
+                     default); the connection is closed",
+                    &[],
+                ),
+            ),
             (413, error("The body is over 1 MiB", &[])),
             (
                 415,
