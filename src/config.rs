@@ -111,6 +111,12 @@ pub struct OverloadSettings {
     pub request_timeout: Duration,
     /// How long a data-API request's body may take to arrive, before it is admitted.
     pub body_timeout: Duration,
+    /// How long a connection may take to send a request's head, counted from when it is
+    /// ready for one: when it opens, and on a kept-alive connection when the previous
+    /// response is sent. hyper has one timer for both, so this is also the idle timeout.
+    pub header_read_timeout: Duration,
+    /// Connections of the API port open at once; beyond, a new one is closed at once.
+    pub max_connections: usize,
 }
 
 /// PostgreSQL's `statement_timeout` runs this much past the request deadline: the two
@@ -609,7 +615,30 @@ fn overload(
         queue_timeout: millis(src, "QUEUE_TIMEOUT_MS", 200, 0)?,
         request_timeout: millis(src, "REQUEST_TIMEOUT_MS", 5_000, 10)?,
         body_timeout: millis(src, "BODY_TIMEOUT_MS", 5_000, 10)?,
+        header_read_timeout: millis(src, "HEADER_READ_TIMEOUT_MS", 30_000, 10)?,
+        max_connections: at_least(src, "MAX_CONNECTIONS", default_max_connections(), 1)?,
     })
+}
+
+/// Descriptors kept for everything but the API port's connections: the pools, the
+/// metrics port, the probes' own clients, log and certificate files.
+const RESERVED_DESCRIPTORS: usize = 128;
+
+/// The open-file limit less [`RESERVED_DESCRIPTORS`]: past the limit `accept` fails for
+/// everyone, probes included, while a capped connection costs only its own client.
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let open_files = if read && limit.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        65_536
+    };
+    open_files.saturating_sub(RESERVED_DESCRIPTORS).max(16)
 }
 
 /// `REDIS_CA_CERT`, `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY`, read and checked.
@@ -1027,6 +1056,12 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(error_var(&[("PORT", "http")]), "PORT");
+        assert_eq!(error_var(&[("BODY_TIMEOUT_MS", "5")]), "BODY_TIMEOUT_MS");
+        assert_eq!(
+            error_var(&[("HEADER_READ_TIMEOUT_MS", "soon")]),
+            "HEADER_READ_TIMEOUT_MS"
+        );
+        assert_eq!(error_var(&[("MAX_CONNECTIONS", "0")]), "MAX_CONNECTIONS");
         assert_eq!(error_var(&[("PORT", "70000")]), "PORT");
         assert_eq!(error_var(&[("METRICS_PORT", "3001")]), "METRICS_PORT");
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod metrics_port;
 pub mod probes;
 mod receive;
 pub mod request_id;
+mod server;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -29,6 +30,7 @@ use admission::AdmissionLayer;
 use context::RequestContextLayer;
 pub use receive::ReceiveBody;
 use receive::ReceiveBodyLayer;
+pub use server::serve_api;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -48,11 +50,14 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// The API port's whole service, as [`app`] builds it.
+pub type App = ReceiveBody<Admission<Router>>;
+
 /// The API port's full application: the body received first (`receive`), then admission
 /// control around the routes, JSON fallbacks and the middleware stack. Admission wraps
 /// the router itself, so that a refusal costs no routing and none of the per-route
 /// middleware (`admission`); receiving wraps admission, so that a slow body holds no slot.
-pub fn app(state: AppState) -> ReceiveBody<Admission<Router>> {
+pub fn app(state: AppState) -> App {
     let receive = ReceiveBodyLayer::new(
         state.settings.overload.body_timeout,
         BODY_LIMIT,

@@ -213,7 +213,7 @@ impl Metrics {
         let overload_rejections = register!(IntCounterVec::new(
             opts(
                 "overload_rejections_total",
-                "Work refused with 503 to protect the replica: resource (requests, password_hashing), reason (queue_full, queue_timeout, deadline)"
+                "Work refused to protect the replica: resource (requests, password_hashing: a 503; connections: closed at once), reason (queue_full, queue_timeout, deadline, limit)"
             ),
             &["instance", "resource", "reason"]
         ));
@@ -248,6 +248,7 @@ impl Metrics {
             ("requests", "deadline"),
             ("password_hashing", "queue_full"),
             ("password_hashing", "queue_timeout"),
+            ("connections", "limit"),
         ] {
             overload_rejections.with_label_values(&[instance, resource, reason]);
         }

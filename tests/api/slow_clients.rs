@@ -76,3 +76,74 @@ async fn slow_bodies_hold_no_admission_slot_and_get_a_408() {
         "{metrics}"
     );
 }
+
+async fn connect(app: &TestApp) -> TcpStream {
+    let port = app.address.rsplit(':').next().unwrap();
+    TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn silent_half_sent_and_idle_connections_are_closed_at_the_header_timeout() {
+    let app = spawn_app_with(AppOptions::default().env("HEADER_READ_TIMEOUT_MS", "500")).await;
+    app.wait_ready().await;
+    let mut silent = connect(&app).await;
+    let mut half_sent = connect(&app).await;
+    half_sent
+        .write_all(b"GET /live HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    let within = Duration::from_secs(5);
+    read_to_close(&mut silent, within).await;
+    let answer = read_to_close(&mut half_sent, within).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // The rest of the first answer, then the close.
+    read_to_close(&mut idle, within).await;
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_new_connection_is_closed_at_once() {
+    let app = spawn_app_with(AppOptions::default().env("MAX_CONNECTIONS", "4")).await;
+    // Leaves the test client's one pooled connection open: the fourth.
+    app.wait_ready().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut over = connect(&app).await;
+    let answer = read_to_close(&mut over, Duration::from_secs(2)).await;
+    assert!(answer.is_empty(), "{answer}");
+
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut room = connect(&app).await;
+    room.write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut room, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "overload_rejections_total",
+            &[("resource", "connections"), ("reason", "limit")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
