@@ -70,9 +70,33 @@ fn validator(schema: &Value) -> jsonschema::Validator {
     root.insert("components".into(), document()["components"].clone());
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
+        .with_keyword("x-max-bytes", |_, limit, _| {
+            Ok(Box::new(MaxBytes(limit.as_u64().unwrap_or(0) as usize)))
+        })
         .should_validate_formats(true)
         .build(&Value::Object(root))
         .unwrap_or_else(|e| panic!("the document's schema does not compile: {e}\n{schema}"))
+}
+
+/// `x-max-bytes`, the document's extension for what no JSON Schema keyword says: the most
+/// bytes a value may take as compact JSON (`metadata`).
+struct MaxBytes(usize);
+
+impl<'i> jsonschema::Keyword<'i> for MaxBytes {
+    fn validate(&self, instance: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        if self.is_valid(instance) {
+            Ok(())
+        } else {
+            Err(jsonschema::ValidationError::custom(format!(
+                "over {} bytes as compact JSON",
+                self.0
+            )))
+        }
+    }
+
+    fn is_valid(&self, instance: &'i Value) -> bool {
+        serde_json::to_vec(instance).is_ok_and(|json| json.len() <= self.0)
+    }
 }
 
 /// Every length limit the document states, with its neighbours: the boundaries to probe.
