@@ -117,6 +117,8 @@ pub struct OverloadSettings {
     pub header_read_timeout: Duration,
     /// Connections of the API port open at once; beyond, a new one is closed at once.
     pub max_connections: usize,
+    /// One user's writes in flight at once; more wait (`crate::user_writes`).
+    pub max_writes_per_user: usize,
 }
 
 /// PostgreSQL's `statement_timeout` runs this much past the request deadline: the two
@@ -617,6 +619,13 @@ fn overload(
         body_timeout: millis(src, "BODY_TIMEOUT_MS", 5_000, 10)?,
         header_read_timeout: millis(src, "HEADER_READ_TIMEOUT_MS", 30_000, 10)?,
         max_connections: at_least(src, "MAX_CONNECTIONS", default_max_connections(), 1)?,
+        // Half the pool: one user's writes leave the other half to everyone else.
+        max_writes_per_user: at_least(
+            src,
+            "MAX_WRITES_PER_USER",
+            (database.pool_max as usize / 2).max(1),
+            1,
+        )?,
     })
 }
 
@@ -1062,6 +1071,10 @@ mod tests {
             "HEADER_READ_TIMEOUT_MS"
         );
         assert_eq!(error_var(&[("MAX_CONNECTIONS", "0")]), "MAX_CONNECTIONS");
+        assert_eq!(
+            error_var(&[("MAX_WRITES_PER_USER", "0")]),
+            "MAX_WRITES_PER_USER"
+        );
         assert_eq!(error_var(&[("PORT", "70000")]), "PORT");
         assert_eq!(error_var(&[("METRICS_PORT", "3001")]), "METRICS_PORT");
         assert_eq!(

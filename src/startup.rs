@@ -81,6 +81,9 @@ impl Application {
                 settings.overload.max_queued,
                 settings.overload.queue_timeout,
             )),
+            user_writes: Arc::new(crate::user_writes::UserWrites::new(
+                settings.overload.max_writes_per_user,
+            )),
             cursor_keys: Arc::new(
                 cursor::keys(&settings.auth).context("deriving the cursor keys")?,
             ),

@@ -78,6 +78,7 @@ pub async fn create(
     let mut errors = Vec::new();
     new.check("$", &mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let outcome = run_once(&state, keyed, move |tx| {
@@ -142,6 +143,7 @@ pub async fn update(
     let mut errors = Vec::new();
     patch.check(&mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let updated = items::update(
         &state.db,
         &state.db.pool,
@@ -177,6 +179,7 @@ pub async fn remove(
     Id(id): Id,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
+    let _slot = state.user_writes.enter(user.id).await;
     if !items::delete(&state.db, &state.db.pool, user.id, id, expected.as_deref()).await? {
         return Err(missing_or_stale(&state, user.id, id).await);
     }
@@ -401,6 +404,7 @@ pub async fn upsert(
     let mut errors = Vec::new();
     new.check_upsert("$", &mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let outcome = run_once(&state, keyed, move |tx| {
@@ -454,6 +458,7 @@ pub async fn batch(
     let mut errors = Vec::new();
     batch.check(&mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
     let (db, owner) = (state.db.clone(), user.id);
     // The updated items' cache entries must go stale; the transaction reports their ids.
