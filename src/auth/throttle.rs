@@ -12,11 +12,13 @@
 //!
 //! - **Networks, not addresses.** An IPv6 client is its /64: one host is handed a whole
 //!   /64, so counting per address would give it 2^64 budgets.
-//! - **Reserved before hashing.** An attempt counts as a failure the moment it is let
-//!   through ([`LoginThrottle::reserve`]), under the same lock as the check, so concurrent
-//!   guesses cannot all pass the check before the first failure is recorded. A correct
-//!   password, or an attempt never evaluated (the hashing bulkhead full, the database
-//!   down), gives it back.
+//! - **Reserved before hashing.** An attempt is let through ([`LoginThrottle::reserve`])
+//!   under the same lock as the check, and counts as pending until its password is
+//!   checked; at most as many attempts are pending as failures are still free (one once
+//!   a wait is over), and more wait for them. So concurrent guesses cannot all pass the
+//!   check before the first failure is recorded, while concurrent *correct* logins (a pool
+//!   of workers behind one address) only queue for a moment. An attempt abandoned before
+//!   its outcome (the client gone, the deadline) counts as a failure.
 //! - **Bounded in bytes.** Accounts are kept as a hash of the normalised email, so every
 //!   entry has the same small size whatever the client sent, and the table never holds
 //!   more than [`MAX_TRACKED`] of them, [`MAX_BYTES`] at most; beyond, expired pairs and
@@ -30,10 +32,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 /// Wrong passwords answered (401) before a network must wait for an account.
 pub const FREE_FAILURES: u32 = 5;
@@ -69,16 +72,59 @@ type Key = (Subject, IpAddr);
 
 struct Record {
     failures: u32,
+    /// Attempts let through whose outcome is not known yet.
+    pending: u32,
     blocked_until: Option<Instant>,
     forget_at: Instant,
+    /// Wakes the attempts waiting for a pending one; only while some wait.
+    resolved: Option<Arc<Notify>>,
 }
 
-/// An attempt let through and already counted as a failure: hand it back with
-/// [`LoginThrottle::succeeded`] or [`LoginThrottle::not_evaluated`], or keep it as the
-/// failure it is (a wrong password, or a client that gave up mid-way).
+/// How a let-through attempt ended.
+enum Outcome {
+    Succeeded,
+    Failed,
+    NotEvaluated,
+}
+
+/// An attempt let through, pending until told how it ended; dropped untold (the client
+/// gone, the deadline), it counts as a failure.
 #[must_use]
-pub struct Attempt {
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
     key: Key,
+    told: bool,
+}
+
+impl Attempt<'_> {
+    /// A correct password: the pair starts afresh.
+    pub fn succeeded(self) {
+        self.tell(Outcome::Succeeded);
+    }
+
+    /// A wrong password, or an unknown email.
+    pub fn failed(self) {
+        self.tell(Outcome::Failed);
+    }
+
+    /// The password was never checked (the hashing bulkhead full, the database down): not
+    /// a failure.
+    pub fn not_evaluated(self) {
+        self.tell(Outcome::NotEvaluated);
+    }
+
+    fn tell(mut self, outcome: Outcome) {
+        self.told = true;
+        self.throttle.resolve(self.key, outcome);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.told {
+            self.throttle.resolve(self.key, Outcome::Failed);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -87,33 +133,49 @@ pub struct LoginThrottle {
 }
 
 impl LoginThrottle {
-    /// Lets one attempt at `email` (normalised) from `client` through, counted as a
-    /// failure at once; or the wait before this network may try this account again.
-    pub fn reserve(&self, email: &str, client: IpAddr) -> Result<Attempt, Duration> {
+    /// Lets one attempt at `email` (normalised) from `client` through, once no more are
+    /// pending than failures are still free; or the wait before this network may try this
+    /// account again.
+    pub async fn reserve(&self, email: &str, client: IpAddr) -> Result<Attempt<'_>, Duration> {
         let key = (account(email), network(client));
-        self.count(key)?;
-        Ok(Attempt { key })
+        loop {
+            let resolved = {
+                let mut records = self.records();
+                let now = Instant::now();
+                if let Some(wait) = blocked(records.get(&key), now) {
+                    return Err(wait);
+                }
+                let record = entry(&mut records, key, now);
+                let allowed = FREE_FAILURES.saturating_sub(record.failures).max(1);
+                if record.pending < allowed {
+                    record.pending += 1;
+                    return Ok(Attempt {
+                        throttle: self,
+                        key,
+                        told: false,
+                    });
+                }
+                let notify = record.resolved.get_or_insert_with(Arc::default).clone();
+                let mut resolved = Box::pin(notify.notified_owned());
+                // Registered before the lock is released: no outcome can slip past it.
+                resolved.as_mut().enable();
+                resolved
+            };
+            resolved.await;
+        }
     }
 
     /// Counts a request refused before hashing against `client`'s network alone; the
     /// wait when that network sent too many of them.
     pub fn refused_early(&self, client: IpAddr) -> Result<(), Duration> {
-        self.count((Subject::Malformed, network(client)))
-    }
-
-    /// A correct password: the pair starts afresh.
-    pub fn succeeded(&self, attempt: Attempt) {
-        self.records().remove(&attempt.key);
-    }
-
-    /// The password was never checked: the attempt is not a failure.
-    pub fn not_evaluated(&self, attempt: Attempt) {
-        if let Some(record) = self.records().get_mut(&attempt.key) {
-            record.failures = record.failures.saturating_sub(1);
-            if wait_after(record.failures).is_none() {
-                record.blocked_until = None;
-            }
+        let key = (Subject::Malformed, network(client));
+        let mut records = self.records();
+        let now = Instant::now();
+        if let Some(wait) = blocked(records.get(&key), now) {
+            return Err(wait);
         }
+        entry(&mut records, key, now).fail(now);
+        Ok(())
     }
 
     /// How many pairs are remembered.
@@ -126,34 +188,60 @@ impl LoginThrottle {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn count(&self, key: Key) -> Result<(), Duration> {
+    fn resolve(&self, key: Key, outcome: Outcome) {
         let mut records = self.records();
         let now = Instant::now();
-        if let Some(wait) = records
-            .get(&key)
-            .and_then(|r| r.blocked_until)
-            .and_then(|until| until.checked_duration_since(now))
-            .filter(|wait| !wait.is_zero())
-        {
-            return Err(wait);
+        let Some(record) = records.get_mut(&key) else {
+            return;
+        };
+        record.pending = record.pending.saturating_sub(1);
+        if let Some(waiting) = record.resolved.take() {
+            waiting.notify_waiters();
         }
-        if records.len() >= MAX_TRACKED && !records.contains_key(&key) {
-            forget_oldest(&mut records, now);
+        match outcome {
+            Outcome::Succeeded => {
+                records.remove(&key);
+            }
+            Outcome::Failed => record.fail(now),
+            Outcome::NotEvaluated => {}
         }
-        let record = records.entry(key).or_insert(Record {
-            failures: 0,
-            blocked_until: None,
-            forget_at: now,
-        });
-        if record.forget_at <= now {
-            record.failures = 0;
-        }
-        record.failures = record.failures.saturating_add(1);
-        let wait = wait_after(record.failures);
-        record.blocked_until = wait.map(|w| now + w);
-        record.forget_at = now + FORGET_AFTER + wait.unwrap_or_default();
-        Ok(())
     }
+}
+
+impl Record {
+    fn fail(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = wait_after(self.failures);
+        self.blocked_until = wait.map(|w| now + w);
+        self.forget_at = now + FORGET_AFTER + wait.unwrap_or_default();
+    }
+}
+
+/// The wait still due for a pair, if any.
+fn blocked(record: Option<&Record>, now: Instant) -> Option<Duration> {
+    record?
+        .blocked_until?
+        .checked_duration_since(now)
+        .filter(|wait| !wait.is_zero())
+}
+
+/// The pair's record, made room for and started afresh when forgotten.
+fn entry(records: &mut HashMap<Key, Record>, key: Key, now: Instant) -> &mut Record {
+    if records.len() >= MAX_TRACKED && !records.contains_key(&key) {
+        forget_oldest(records, now);
+    }
+    let record = records.entry(key).or_insert(Record {
+        failures: 0,
+        pending: 0,
+        blocked_until: None,
+        forget_at: now + FORGET_AFTER,
+        resolved: None,
+    });
+    if record.forget_at <= now && record.pending == 0 {
+        record.failures = 0;
+        record.forget_at = now + FORGET_AFTER;
+    }
+    record
 }
 
 fn account(normalized_email: &str) -> Subject {
@@ -179,13 +267,15 @@ fn wait_after(failures: u32) -> Option<Duration> {
     Some(wait.min(MAX_WAIT))
 }
 
+/// Pairs with attempts pending are kept: their outcome, and the attempts waiting for it,
+/// need the record.
 fn forget_oldest(records: &mut HashMap<Key, Record>, now: Instant) {
-    records.retain(|_, r| r.forget_at > now);
+    records.retain(|_, r| r.pending > 0 || r.forget_at > now);
     if records.len() >= MAX_TRACKED / 2 {
         let mut times: Vec<Instant> = records.values().map(|r| r.forget_at).collect();
         let (_, median, _) = times.select_nth_unstable(records.len() / 2);
         let median = *median;
-        records.retain(|_, r| r.forget_at > median);
+        records.retain(|_, r| r.pending > 0 || r.forget_at > median);
     }
 }
 
@@ -201,34 +291,84 @@ mod tests {
         assert_eq!(wait_after(100), Some(MAX_WAIT));
     }
 
-    #[test]
-    fn a_pair_is_throttled_and_no_other() {
+    #[tokio::test]
+    async fn a_pair_is_throttled_and_no_other() {
         let throttle = LoginThrottle::default();
         let (attacker, owner) = (
             IpAddr::from([203, 0, 113, 7]),
             IpAddr::from([198, 51, 100, 9]),
         );
         for _ in 0..FREE_FAILURES {
-            let _wrong = throttle.reserve("victim@x", attacker).unwrap();
+            throttle
+                .reserve("victim@x", attacker)
+                .await
+                .unwrap()
+                .failed();
         }
-        assert!(throttle.reserve("victim@x", attacker).is_err());
-        throttle.succeeded(throttle.reserve("victim@x", owner).unwrap());
-        throttle.succeeded(throttle.reserve("other@x", attacker).unwrap());
+        assert!(throttle.reserve("victim@x", attacker).await.is_err());
+        throttle
+            .reserve("victim@x", owner)
+            .await
+            .unwrap()
+            .succeeded();
+        throttle
+            .reserve("other@x", attacker)
+            .await
+            .unwrap()
+            .succeeded();
     }
 
-    #[test]
-    fn a_correct_password_resets_and_an_unevaluated_attempt_is_given_back() {
+    #[tokio::test]
+    async fn a_correct_password_resets_and_an_unevaluated_attempt_is_no_failure() {
         let throttle = LoginThrottle::default();
         let client = IpAddr::from([203, 0, 113, 7]);
         for _ in 1..FREE_FAILURES {
-            let _wrong = throttle.reserve("a@x", client).unwrap();
+            throttle.reserve("a@x", client).await.unwrap().failed();
         }
-        // Never checked (the bulkhead was full): not the failure that starts a block.
-        throttle.not_evaluated(throttle.reserve("a@x", client).unwrap());
-        let last = throttle.reserve("a@x", client).unwrap();
-        assert!(throttle.reserve("a@x", client).is_err());
-        throttle.succeeded(last);
-        assert!(throttle.reserve("a@x", client).is_ok());
+        throttle
+            .reserve("a@x", client)
+            .await
+            .unwrap()
+            .not_evaluated();
+        throttle.reserve("a@x", client).await.unwrap().succeeded();
+        for _ in 0..FREE_FAILURES {
+            throttle.reserve("a@x", client).await.unwrap().failed();
+        }
+        assert!(throttle.reserve("a@x", client).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn attempts_beyond_the_free_failures_wait_for_the_pending_ones() {
+        let throttle = LoginThrottle::default();
+        let client = IpAddr::from([203, 0, 113, 7]);
+        let mut pending = Vec::new();
+        for _ in 0..FREE_FAILURES {
+            pending.push(throttle.reserve("a@x", client).await.unwrap());
+        }
+        let next = throttle.reserve("a@x", client);
+        tokio::pin!(next);
+        let waited = tokio::time::timeout(Duration::from_millis(20), &mut next).await;
+        assert!(waited.is_err(), "a sixth attempt is not let through");
+        // Abandoned attempts count as failures: the waiting one is then refused.
+        drop(pending);
+        assert!(next.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_success_lets_the_waiting_attempts_through() {
+        let throttle = LoginThrottle::default();
+        let client = IpAddr::from([203, 0, 113, 7]);
+        let mut pending = Vec::new();
+        for _ in 0..FREE_FAILURES {
+            pending.push(throttle.reserve("a@x", client).await.unwrap());
+        }
+        let next = throttle.reserve("a@x", client);
+        tokio::pin!(next);
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut next)
+            .await
+            .is_err());
+        pending.pop().unwrap().succeeded();
+        next.await.unwrap().succeeded();
     }
 
     #[test]

@@ -108,20 +108,24 @@ pub async fn login(
         return Err(wrong_password());
     }
     let email = credentials.normalized_email();
-    // Counted as a failure before hashing, so concurrent guesses cannot all pass the
-    // check; an unknown email counts too, so that both still look alike.
+    // Reserved before hashing, so concurrent guesses cannot all pass the check; an
+    // unknown email counts too, so that both still look alike.
     let attempt = throttle
         .reserve(&email, client)
+        .await
         .map_err(|wait| throttled(&state, wait))?;
     let user_id = match verified_user(&state, &email, credentials.password).await {
         Ok(Some(id)) => id,
-        Ok(None) => return Err(wrong_password()),
+        Ok(None) => {
+            attempt.failed();
+            return Err(wrong_password());
+        }
         Err(e) => {
-            throttle.not_evaluated(attempt);
+            attempt.not_evaluated();
             return Err(e);
         }
     };
-    throttle.succeeded(attempt);
+    attempt.succeeded();
     let issued = state.tokens.issue(user_id).map_err(anyhow::Error::from)?;
     tracing::info!(user = %user_id, "token issued");
     Ok(axum::Json(TokenResponse {
