@@ -1,5 +1,5 @@
-//! Serving the API port: hyper's HTTP/1 with a timer, a connection cap, and the graceful
-//! shutdown `axum::serve` had.
+//! Serving the API and metrics ports: hyper's HTTP/1 with a timer, a connection cap, and
+//! the graceful shutdown `axum::serve` had.
 //!
 //! `axum::serve` runs hyper without a timer, so hyper's header-read timeout never applied:
 //! a connection that sent half a head, or nothing at all, stayed open for good, and a few
@@ -14,6 +14,7 @@
 //! connection finishes its request in flight and closes, and the function returns when
 //! the last one has.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
+use axum::http::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,12 +31,13 @@ use hyper_util::service::TowerToHyperService;
 use prometheus::IntCounter;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::config::OverloadSettings;
 use crate::metrics::Metrics;
 
-/// Serves `app` on `listener` until `stop` completes, then shuts down gracefully.
+/// Serves the API port's `app` on `listener` until `stop` completes, then shuts down
+/// gracefully.
 pub async fn serve_api(
     listener: TcpListener,
     app: super::App,
@@ -42,10 +45,34 @@ pub async fn serve_api(
     metrics: &Metrics,
     stop: impl Future<Output = ()>,
 ) {
+    let connections = Connections {
+        header_read_timeout: limits.header_read_timeout,
+        max: limits.max_connections,
+    };
+    serve(listener, app, connections, metrics, stop).await;
+}
+
+/// What a listener allows its connections.
+pub struct Connections {
+    pub header_read_timeout: Duration,
+    pub max: usize,
+}
+
+/// Serves `app` on `listener` until `stop` completes, then shuts down gracefully.
+pub async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    limits: Connections,
+    metrics: &Metrics,
+    stop: impl Future<Output = ()>,
+) where
+    S: Service<Request, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Arc::new(Semaphore::new(limits.max));
     let over_the_cap: IntCounter = metrics.overload_rejections.with_label_values(&[
         metrics.instance.as_str(),
         "connections",

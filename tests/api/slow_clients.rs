@@ -89,6 +89,10 @@ async fn silent_half_sent_and_idle_connections_are_closed_at_the_header_timeout(
     let app = spawn_app_with(AppOptions::default().env("HEADER_READ_TIMEOUT_MS", "500")).await;
     app.wait_ready().await;
     let mut silent = connect(&app).await;
+    let metrics_port = app.metrics_address.rsplit(':').next().unwrap();
+    let mut silent_on_metrics = TcpStream::connect(format!("127.0.0.1:{metrics_port}"))
+        .await
+        .unwrap();
     let mut half_sent = connect(&app).await;
     half_sent
         .write_all(b"GET /live HTTP/1.1\r\nHost: local")
@@ -104,6 +108,7 @@ async fn silent_half_sent_and_idle_connections_are_closed_at_the_header_timeout(
 
     let within = Duration::from_secs(5);
     read_to_close(&mut silent, within).await;
+    read_to_close(&mut silent_on_metrics, within).await;
     let answer = read_to_close(&mut half_sent, within).await;
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
