@@ -360,6 +360,56 @@ fn thresholds(
     Ok(Thresholds { degraded, critical })
 }
 
+/// Secrets that may come from a file instead, `{VAR}_FILE` (Docker and Kubernetes secrets):
+/// the environment, which whoever may inspect the container reads (a balancer's Docker
+/// provider included), then holds only a path.
+const FILE_BACKED: &[(&str, &str)] = &[
+    ("JWT_SECRET", "JWT_SECRET_FILE"),
+    ("JWT_SECRET_PREVIOUS", "JWT_SECRET_PREVIOUS_FILE"),
+    ("DATABASE_URL", "DATABASE_URL_FILE"),
+    ("POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"),
+    ("REDIS_URL", "REDIS_URL_FILE"),
+    ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE"),
+    ("REDIS_SENTINEL_PASSWORD", "REDIS_SENTINEL_PASSWORD_FILE"),
+];
+
+/// A source with each `{VAR}_FILE` of [`FILE_BACKED`] read into `VAR`.
+struct WithSecretFiles<'a> {
+    src: &'a dyn Source,
+    read: HashMap<&'static str, String>,
+}
+
+impl Source for WithSecretFiles<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        self.read.get(var).cloned().or_else(|| self.src.get(var))
+    }
+}
+
+impl<'a> WithSecretFiles<'a> {
+    fn read(src: &'a dyn Source) -> Result<Self, ConfigError> {
+        let mut read = HashMap::new();
+        for &(var, file_var) in FILE_BACKED {
+            let Some(path) = set(src, file_var) else {
+                continue;
+            };
+            if set(src, var).is_some() {
+                return Err(ConfigError::new(
+                    file_var,
+                    format!("set {var} or {file_var}, not both"),
+                ));
+            }
+            // The error names the path, never the content.
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(file_var, format!("cannot read {path}: {e}")))?;
+            // `echo` and editors end the file with a newline that is no part of the secret.
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            read.insert(var, value.to_owned());
+        }
+        Ok(Self { src, read })
+    }
+}
+
 /// A variable's value, trimmed; `None` when unset or blank.
 fn set(src: &dyn Source, var: &str) -> Option<String> {
     src.get(var)
@@ -796,6 +846,8 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let with_files = WithSecretFiles::read(src)?;
+        let src: &dyn Source = &with_files;
         let host = parse_or(src, "HOST", IpAddr::from([0, 0, 0, 0]))?;
         let port = port(src, "PORT", 3001)?;
         let metrics_port = port_checked_apart(src, port)?;
@@ -1060,6 +1112,33 @@ mod tests {
             }
         );
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn secrets_come_from_their_file_and_a_bad_file_names_its_variable() {
+        let path = std::env::temp_dir().join(format!("jwt-secret-{}", std::process::id()));
+        std::fs::write(&path, "rjrpPtTVobHCzGx9pCv6164rAs3kdc5E4hf_h-yWkf0\n").unwrap();
+        let path = path.to_str().unwrap();
+        let mut only_file = env(&[("JWT_SECRET_FILE", path)]);
+        only_file.remove("JWT_SECRET");
+        let s = Settings::from_source(&only_file).unwrap();
+        assert_eq!(
+            s.auth.jwt_secret.expose(),
+            "rjrpPtTVobHCzGx9pCv6164rAs3kdc5E4hf_h-yWkf0",
+            "read, without its newline"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_FILE", path)]),
+            "JWT_SECRET_FILE",
+            "both set"
+        );
+        let mut missing = env(&[("POSTGRES_PASSWORD_FILE", "/nonexistent/secret")]);
+        missing.remove("POSTGRES_PASSWORD");
+        assert_eq!(
+            Settings::from_source(&missing).unwrap_err().var,
+            "POSTGRES_PASSWORD_FILE"
+        );
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
