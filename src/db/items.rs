@@ -325,7 +325,9 @@ pub async fn search(
     text: &str,
     tags: &[String],
     limit: i64,
+    byte_budget: usize,
 ) -> Result<Vec<(Item, f32)>, sqlx::Error> {
+    use futures_util::TryStreamExt;
     // No tags must skip `tags @>` altogether: under the generic plan PostgreSQL switches
     // to after five runs of a prepared statement, `tags @> '{}'` is read from the tags
     // GIN index, which matches every row (BENCHMARKS.md: 67 ms instead of 6 ms at 1M).
@@ -341,14 +343,22 @@ pub async fn search(
     .bind(user)
     .bind(text)
     .bind(tags)
-    .bind(limit)
-    .fetch_all(&db.pool);
-    Ok(db
-        .timed("item_search", query)
-        .await?
-        .into_iter()
-        .map(|row| (Item::from(row.item), row.score))
-        .collect())
+    .bind(limit);
+    // As for list pages: one row at a time, the best matches that fit the budget.
+    let read = async {
+        let mut rows = query.fetch(&db.pool);
+        let (mut hits, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.try_next().await? {
+            let item = Item::from(row.item);
+            bytes += item.approx_json_len();
+            if bytes > byte_budget && !hits.is_empty() {
+                break;
+            }
+            hits.push((item, row.score));
+        }
+        Ok(hits)
+    };
+    db.timed("item_search", read).await
 }
 
 /// Item counts per type for one user.
