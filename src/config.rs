@@ -683,8 +683,14 @@ fn overload(
 /// metrics port, the probes' own clients, log and certificate files.
 const RESERVED_DESCRIPTORS: usize = 128;
 
-/// The open-file limit less [`RESERVED_DESCRIPTORS`]: past the limit `accept` fails for
-/// everyone, probes included, while a capped connection costs only its own client.
+/// The most connections allowed by default: each costs about 11 KiB silent and 23 KiB with
+/// half a head in (BENCHMARKS.md), so 4,096 of them hold under 100 MiB, while a container's
+/// open-file limit (often 1,048,576) would bound nothing.
+const MAX_CONNECTIONS_DEFAULT: usize = 4096;
+
+/// [`MAX_CONNECTIONS_DEFAULT`], or the open-file limit less [`RESERVED_DESCRIPTORS`] when
+/// lower: past that limit `accept` fails for everyone, probes included, while a capped
+/// connection costs only its own client.
 fn default_max_connections() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -697,7 +703,9 @@ fn default_max_connections() -> usize {
     } else {
         65_536
     };
-    open_files.saturating_sub(RESERVED_DESCRIPTORS).max(16)
+    open_files
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .clamp(16, MAX_CONNECTIONS_DEFAULT)
 }
 
 /// `REDIS_CA_CERT`, `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY`, read and checked.
