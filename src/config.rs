@@ -111,6 +111,8 @@ pub struct OverloadSettings {
     pub request_timeout: Duration,
     /// How long a data-API request's body may take to arrive, before it is admitted.
     pub body_timeout: Duration,
+    /// The bodies being received, all together, before they are admitted.
+    pub receiving_max_bytes: usize,
     /// How long a connection may take to send a request's head, counted from when it is
     /// ready for one: when it opens, and on a kept-alive connection when the previous
     /// response is sent. hyper has one timer for both, so this is also the idle timeout.
@@ -667,6 +669,13 @@ fn overload(
         queue_timeout: millis(src, "QUEUE_TIMEOUT_MS", 200, 0)?,
         request_timeout: millis(src, "REQUEST_TIMEOUT_MS", 5_000, 10)?,
         body_timeout: millis(src, "BODY_TIMEOUT_MS", 5_000, 10)?,
+        // At least two whole bodies: below, one large body would refuse every other.
+        receiving_max_bytes: at_least(
+            src,
+            "RECEIVING_BODIES_MAX_BYTES",
+            64 * 1024 * 1024,
+            2 * 1024 * 1024,
+        )?,
         header_read_timeout: millis(src, "HEADER_READ_TIMEOUT_MS", 30_000, 10)?,
         max_connections: at_least(src, "MAX_CONNECTIONS", default_max_connections(), 1)?,
         // Half the pool: one user's writes leave the other half to everyone else.

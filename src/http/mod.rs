@@ -61,6 +61,7 @@ pub fn app(state: AppState) -> App {
     let receive = ReceiveBodyLayer::new(
         state.settings.overload.body_timeout,
         BODY_LIMIT,
+        state.settings.overload.receiving_max_bytes,
         state.metrics.clone(),
     );
     let admission = AdmissionLayer::new(state.admission.clone(), state.metrics.clone());

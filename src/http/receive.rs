@@ -9,6 +9,12 @@
 //! the request on to be admitted. A body not in by then is answered 408 and the
 //! connection closed.
 //!
+//! Bodies being received hold memory before admission bounds anything, so all of them
+//! together may take at most `RECEIVING_MAX_BYTES` (counted in KiB as they arrive): a
+//! request whose body would go past it is refused at once with 503 and `Retry-After`, as a
+//! shed request is. Slow senders hold few bytes, so they do not use this budget up; fast
+//! floods of large bodies do, and are refused.
+//!
 //! A body over the limit is not read further: the request goes on with what was read,
 //! one byte over the limit, and the JSON extractor answers 413 under its route as before.
 //! Requests without a body, and paths outside `/api`, pass straight through, unboxed.
@@ -26,6 +32,8 @@ use axum::http::{header, HeaderValue, Response, StatusCode};
 use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
+use prometheus::IntCounter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use super::context::{INSTANCE_ID, REQUEST_ID};
@@ -36,19 +44,32 @@ use crate::metrics::Metrics;
 /// for shed requests.
 pub const BODY_TIMEOUT_ROUTE: &str = "body_timeout";
 
+/// The budget of bodies being received is counted in these units.
+const KIB: usize = 1024;
+
 /// Reads `/api` bodies before admission; see the module's docs.
 #[derive(Clone)]
 pub struct ReceiveBodyLayer {
     timeout: Duration,
     limit: usize,
+    /// KiB of the bodies being received, all requests together.
+    budget: Arc<Semaphore>,
+    over_budget: IntCounter,
     metrics: Arc<Metrics>,
 }
 
 impl ReceiveBodyLayer {
-    pub fn new(timeout: Duration, limit: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(timeout: Duration, limit: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        let kib = (max_bytes / KIB).min(Semaphore::MAX_PERMITS);
         Self {
             timeout,
             limit,
+            budget: Arc::new(Semaphore::new(kib)),
+            over_budget: metrics.overload_rejections.with_label_values(&[
+                metrics.instance.as_str(),
+                "request_bodies",
+                "budget",
+            ]),
             metrics,
         }
     }
@@ -116,17 +137,30 @@ where
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let receiving = Receiving::new(&layer.metrics);
-    let received = tokio::time::timeout(layer.timeout, read_up_to(body, layer.limit)).await;
+    let reading = read_up_to(body, layer.limit, &layer.budget);
+    let received = tokio::time::timeout(layer.timeout, reading).await;
     // Counted again by the per-route layer once it is in: not twice.
     drop(receiving);
     match received {
+        // Its share of the budget goes back here: from now on admission bounds it.
         Ok(Ok(bytes)) => {
             let req = Request::from_parts(parts, Body::from(bytes));
             inner.oneshot(req).await
         }
         // The client went away or broke the framing: nobody reads the answer.
-        Ok(Err(_)) => {
+        Ok(Err(Unreceived::Unreadable)) => {
             Ok(ApiError::bad_request("the request body could not be read").into_response())
+        }
+        Ok(Err(Unreceived::OverBudget)) => {
+            layer.over_budget.inc();
+            layer.metrics.record_request(
+                super::admission::SHED_ROUTE,
+                &parts.method,
+                StatusCode::SERVICE_UNAVAILABLE,
+                started.elapsed().as_secs_f64(),
+            );
+            let refusal = ApiError::Overloaded("request bodies being received");
+            Ok(closing(&layer, &parts.headers, refusal))
         }
         Err(_) => {
             layer.metrics.record_request(
@@ -135,7 +169,8 @@ where
                 StatusCode::REQUEST_TIMEOUT,
                 started.elapsed().as_secs_f64(),
             );
-            Ok(timed_out(&layer, &parts.headers))
+            let timed_out = ApiError::BodyTimeout(layer.timeout);
+            Ok(closing(&layer, &parts.headers, timed_out))
         }
     }
 }
@@ -183,25 +218,56 @@ where
     }
 }
 
-/// The body, or its first `limit + 1` bytes when it is longer.
-async fn read_up_to(mut body: Body, limit: usize) -> Result<Bytes, axum::Error> {
+/// Why a body was not received.
+enum Unreceived {
+    Unreadable,
+    OverBudget,
+}
+
+/// The body, or its first `limit + 1` bytes when it is longer, each KiB taken from
+/// `budget` as it arrives and given back with the returned bytes.
+async fn read_up_to(
+    mut body: Body,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<Bytes, Unreceived> {
     let mut received = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            received.extend_from_slice(&data);
-            if received.len() > limit {
-                received.truncate(limit + 1);
-                break;
+        let frame = frame.map_err(|_| Unreceived::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let kept = data.len().min(limit + 1 - received.len());
+        let needed = (received.len() + kept).div_ceil(KIB);
+        let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if needed > holding {
+            let more = u32::try_from(needed - holding).map_err(|_| Unreceived::OverBudget)?;
+            let more = budget
+                .clone()
+                .try_acquire_many_owned(more)
+                .map_err(|_| Unreceived::OverBudget)?;
+            match &mut held {
+                Some(permit) => permit.merge(more),
+                None => held = Some(more),
             }
+        }
+        received.extend_from_slice(&data[..kept]);
+        if received.len() > limit {
+            break;
         }
     }
     Ok(received.into())
 }
 
-/// The 408, with the headers every answer carries, and the connection closed: what is
+/// `refusal`, with the headers every answer carries, and the connection closed: what is
 /// left of the body would otherwise be read as the next request.
-fn timed_out(layer: &ReceiveBodyLayer, request_headers: &axum::http::HeaderMap) -> Response<Body> {
-    let mut response = ApiError::BodyTimeout(layer.timeout).into_response();
+fn closing(
+    layer: &ReceiveBodyLayer,
+    request_headers: &axum::http::HeaderMap,
+    refusal: ApiError,
+) -> Response<Body> {
+    let mut response = refusal.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     if let Ok(instance) = HeaderValue::from_str(&layer.metrics.instance) {

@@ -213,7 +213,7 @@ impl Metrics {
         let overload_rejections = register!(IntCounterVec::new(
             opts(
                 "overload_rejections_total",
-                "Work refused to protect the replica: resource (requests, password_hashing: a 503; connections: closed at once), reason (queue_full, queue_timeout, deadline, limit)"
+                "Work refused to protect the replica: resource (requests, password_hashing, request_bodies: a 503; connections: closed at once), reason (queue_full, queue_timeout, deadline, limit, budget)"
             ),
             &["instance", "resource", "reason"]
         ));
@@ -249,6 +249,7 @@ impl Metrics {
             ("password_hashing", "queue_full"),
             ("password_hashing", "queue_timeout"),
             ("connections", "limit"),
+            ("request_bodies", "budget"),
         ] {
             overload_rejections.with_label_values(&[instance, resource, reason]);
         }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{metric_value, spawn_app_with, AppOptions, TestApp};
+use crate::support::api_client::{unique_email, PASSWORD};
 
 /// A login whose head is complete and whose body stops after its first bytes.
 async fn slow_login(app: &TestApp) -> TcpStream {
@@ -150,5 +151,53 @@ async fn beyond_max_connections_a_new_connection_is_closed_at_once() {
             &[("resource", "connections"), ("reason", "limit")]
         ) >= 1.0,
         "{metrics}"
+    );
+}
+
+/// A large body of which all but the last bytes are sent.
+async fn nearly_sent_body(app: &TestApp, bytes: usize) -> TcpStream {
+    let mut stream = connect(app).await;
+    let head = format!(
+        "POST /api/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        bytes + 100
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; bytes]).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn bodies_being_received_share_one_byte_budget() {
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("RECEIVING_BODIES_MAX_BYTES", &(2 * 1024 * 1024).to_string())
+            .env("BODY_TIMEOUT_MS", "10000"),
+    )
+    .await;
+    app.wait_ready().await;
+    // Two bodies of 879 KiB held, of 2,048: the third does not fit.
+    let _held = [
+        nearly_sent_body(&app, 900_000).await,
+        nearly_sent_body(&app, 900_000).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = nearly_sent_body(&app, 900_000).await;
+    let answer = read_to_close(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // A small body still fits.
+    assert_eq!(app.register(&unique_email(), PASSWORD).await.status, 201);
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "overload_rejections_total",
+            &[("resource", "request_bodies"), ("reason", "budget")]
+        ),
+        1.0
     );
 }

@@ -51,8 +51,9 @@ impl IntoResponses for ServerErrors {
             (
                 503,
                 error(
-                    "Temporarily unable to serve: starting, at capacity, past the request \
-                     deadline, or the database unreachable or failing over. Retry after \
+                    "Temporarily unable to serve: starting, at capacity (requests, password \
+                     hashing, request bodies being received), past the request deadline, or \
+                     the database unreachable or failing over. Retry after \
                      Retry-After seconds (the same request is safe to retry with its \
                      Idempotency-Key)",
                     &[(
