@@ -128,6 +128,19 @@ async fn registration_input_is_validated() {
             "$.admin",
         ),
         (json!({"email": 42, "password": PASSWORD}), "$.email"),
+        // The first passwords any guesser tries, and the email itself.
+        (
+            json!({"email": unique_email(), "password": "password"}),
+            "$.password",
+        ),
+        (
+            json!({"email": unique_email(), "password": "Qwerty123"}),
+            "$.password",
+        ),
+        (
+            json!({"email": "jean.dupont@example.com", "password": "Jean.Dupont"}),
+            "$.password",
+        ),
         (json!({"password": PASSWORD}), "$"),
     ] {
         let answer = app

@@ -45,6 +45,7 @@ pub async fn register(
 ) -> ApiResult<Outcome> {
     let mut errors = Vec::new();
     credentials.check(&mut errors);
+    credentials.check_new_password(&mut errors);
     validated(errors)?;
     let email = credentials.normalized_email();
     // The fingerprint leaves the password out: it is kept for a day and backed up, and any
