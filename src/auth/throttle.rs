@@ -199,6 +199,11 @@ impl LoginThrottle {
             waiting.notify_waiters();
         }
         match outcome {
+            // Kept while other attempts are pending: their outcomes still count.
+            Outcome::Succeeded if record.pending > 0 => {
+                record.failures = 0;
+                record.blocked_until = None;
+            }
             Outcome::Succeeded => {
                 records.remove(&key);
             }
@@ -352,6 +357,29 @@ mod tests {
         // Abandoned attempts count as failures: the waiting one is then refused.
         drop(pending);
         assert!(next.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_success_does_not_forget_the_attempts_still_pending() {
+        let throttle = LoginThrottle::default();
+        let client = IpAddr::from([203, 0, 113, 7]);
+        let pending: Vec<_> = futures_util::future::join_all(
+            (0..FREE_FAILURES).map(|_| throttle.reserve("a@x", client)),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        let mut pending = pending.into_iter();
+        pending.next().unwrap().succeeded();
+        for wrong in pending {
+            wrong.failed();
+        }
+        throttle.reserve("a@x", client).await.unwrap().failed();
+        assert!(
+            throttle.reserve("a@x", client).await.is_err(),
+            "the four failures after the success counted, and the fifth"
+        );
     }
 
     #[tokio::test]
