@@ -10,7 +10,7 @@
 //! connection closed.
 //!
 //! Bodies being received hold memory before admission bounds anything, so all of them
-//! together may take at most `RECEIVING_MAX_BYTES` (counted in KiB as they arrive): a
+//! together may take at most `RECEIVING_BODIES_MAX_BYTES` (counted in KiB as they arrive): a
 //! request whose body would go past it is refused at once with 503 and `Retry-After`, as a
 //! shed request is. Slow senders hold few bytes, so they do not use this budget up; fast
 //! floods of large bodies do, and are refused.
