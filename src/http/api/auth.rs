@@ -86,7 +86,7 @@ pub async fn register(
         (status = 200, description = "A bearer token", body = TokenResponse),
         BodyErrors, ServerErrors,
         (status = 401, description = "Wrong email or password (a body that breaks the schema's email or password rules is a wrong password too)", body = ErrorBody),
-        (status = 429, description = "Too many wrong passwords for this account from this address: retry after Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "Too many wrong passwords for this account from this address (an IPv6 client: its /64), or too many bodies that break the rules from it: retry after Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until this address may try this account again"))),
     )
 )]
