@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -83,7 +84,8 @@ const COMMON_PASSWORDS: &[&str] = &[
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    /// Compared case-insensitively; surrounding white space is ignored.
+    /// Compared case-insensitively and in any Unicode form (stored in NFC); surrounding
+    /// white space is ignored.
     #[schema(example = "ada@example.com", schema_with = super::schema::email)]
     pub email: String,
     /// Register also refuses the most common passwords (`password`, `12345678`...) and
@@ -125,8 +127,16 @@ impl Credentials {
         }
     }
 
-    /// Emails compare case-insensitively: stored and looked up lower-cased.
+    /// Emails compare case-insensitively and whatever the Unicode form they are sent in
+    /// (`é` as one character, or as `e` and a combining accent): stored and looked up
+    /// lower-cased, in NFC.
     pub fn normalized_email(&self) -> String {
+        self.email.trim().to_lowercase().nfc().collect()
+    }
+
+    /// The email as accounts made before NFC were stored: lower-cased only. Login falls
+    /// back to it, so that those accounts still log in.
+    pub fn email_as_stored_before_nfc(&self) -> String {
         self.email.trim().to_lowercase()
     }
 

@@ -642,3 +642,27 @@ async fn one_ipv6_network_shares_one_budget() {
     let other_network = login_from(&app, "2001:db8:1:3::1", &email, PASSWORD).await;
     assert_eq!(other_network.status, 200, "another /64");
 }
+
+#[tokio::test]
+async fn an_email_is_one_account_whatever_its_unicode_form() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let id = Uuid::new_v4().simple();
+    let composed = format!("jos\u{e9}-{id}@example.com");
+    let decomposed = format!("jose\u{301}-{id}@example.com");
+    assert_eq!(app.register(&composed, PASSWORD).await.status, 201);
+    assert_eq!(app.register(&decomposed, PASSWORD).await.status, 409);
+    assert_eq!(app.login(&decomposed, PASSWORD).await.status, 200);
+
+    // An account stored decomposed before emails were normalised still logs in.
+    let legacy = format!("rene\u{301}-{id}@example.com");
+    let hash = app.state.passwords.hash(PASSWORD.to_owned()).await.unwrap();
+    sqlx::query("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)")
+        .bind(Uuid::now_v7())
+        .bind(&legacy)
+        .bind(&hash)
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.login(&legacy, PASSWORD).await.status, 200);
+}

@@ -115,7 +115,8 @@ pub async fn login(
         .reserve(&email, client)
         .await
         .map_err(|wait| throttled(&state, wait))?;
-    let user_id = match verified_user(&state, &email, credentials.password).await {
+    let legacy = credentials.email_as_stored_before_nfc();
+    let user_id = match verified_user(&state, &email, &legacy, credentials.password).await {
         Ok(Some(id)) => id,
         Ok(None) => {
             attempt.failed();
@@ -136,9 +137,19 @@ pub async fn login(
 }
 
 /// The id of the account whose password this is; `None` for a wrong password or an
-/// unknown email, which take the same time.
-async fn verified_user(state: &AppState, email: &str, password: String) -> ApiResult<Option<Uuid>> {
-    let Some(user) = users::by_email(&state.db, email).await? else {
+/// unknown email, which take the same time. An account made before emails were stored in
+/// NFC is found under its `legacy` form.
+async fn verified_user(
+    state: &AppState,
+    email: &str,
+    legacy: &str,
+    password: String,
+) -> ApiResult<Option<Uuid>> {
+    let mut found = users::by_email(&state.db, email).await?;
+    if found.is_none() && legacy != email {
+        found = users::by_email(&state.db, legacy).await?;
+    }
+    let Some(user) = found else {
         state.passwords.verify_dummy(password).await?;
         return Ok(None);
     };
