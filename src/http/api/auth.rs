@@ -34,7 +34,7 @@ pub fn router() -> Router<AppState> {
         (status = 201, description = "Created", body = User, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, ServerErrors,
         (status = 409, description = "Email already registered", body = ErrorBody),
-        (status = 422, description = "Invalid email or password, or an Idempotency-Key already used with another email", body = ErrorBody),
+        (status = 422, description = "Invalid email or password (a common password, or the email as password, included)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -53,7 +53,7 @@ pub async fn register(
     // password replays the first answer (docs/api.md).
     let keyed = Keyed::new(
         key,
-        Scope::Anonymous,
+        Scope::Registration(&email),
         "register",
         &serde_json::json!({"email": email}),
     )?;
