@@ -109,6 +109,18 @@ pub struct OverloadSettings {
     pub queue_timeout: Duration,
     /// Every data-API request's deadline, also PostgreSQL's `statement_timeout`.
     pub request_timeout: Duration,
+    /// How long a data-API request's body may take to arrive, before it is admitted.
+    pub body_timeout: Duration,
+    /// The bodies being received, all together, before they are admitted.
+    pub receiving_max_bytes: usize,
+    /// How long a connection may take to send a request's head, counted from when it is
+    /// ready for one: when it opens, and on a kept-alive connection when the previous
+    /// response is sent. hyper has one timer for both, so this is also the idle timeout.
+    pub header_read_timeout: Duration,
+    /// Connections of the API port open at once; beyond, a new one is closed at once.
+    pub max_connections: usize,
+    /// One user's writes in flight at once; more wait (`crate::user_writes`).
+    pub max_writes_per_user: usize,
 }
 
 /// PostgreSQL's `statement_timeout` runs this much past the request deadline: the two
@@ -348,6 +360,56 @@ fn thresholds(
         ));
     }
     Ok(Thresholds { degraded, critical })
+}
+
+/// Secrets that may come from a file instead, `{VAR}_FILE` (Docker and Kubernetes secrets):
+/// the environment, which whoever may inspect the container reads (a balancer's Docker
+/// provider included), then holds only a path.
+const FILE_BACKED: &[(&str, &str)] = &[
+    ("JWT_SECRET", "JWT_SECRET_FILE"),
+    ("JWT_SECRET_PREVIOUS", "JWT_SECRET_PREVIOUS_FILE"),
+    ("DATABASE_URL", "DATABASE_URL_FILE"),
+    ("POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE"),
+    ("REDIS_URL", "REDIS_URL_FILE"),
+    ("REDIS_PASSWORD", "REDIS_PASSWORD_FILE"),
+    ("REDIS_SENTINEL_PASSWORD", "REDIS_SENTINEL_PASSWORD_FILE"),
+];
+
+/// A source with each `{VAR}_FILE` of [`FILE_BACKED`] read into `VAR`.
+struct WithSecretFiles<'a> {
+    src: &'a dyn Source,
+    read: HashMap<&'static str, String>,
+}
+
+impl Source for WithSecretFiles<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        self.read.get(var).cloned().or_else(|| self.src.get(var))
+    }
+}
+
+impl<'a> WithSecretFiles<'a> {
+    fn read(src: &'a dyn Source) -> Result<Self, ConfigError> {
+        let mut read = HashMap::new();
+        for &(var, file_var) in FILE_BACKED {
+            let Some(path) = set(src, file_var) else {
+                continue;
+            };
+            if set(src, var).is_some() {
+                return Err(ConfigError::new(
+                    file_var,
+                    format!("set {var} or {file_var}, not both"),
+                ));
+            }
+            // The error names the path, never the content.
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new(file_var, format!("cannot read {path}: {e}")))?;
+            // `echo` and editors end the file with a newline that is no part of the secret.
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            read.insert(var, value.to_owned());
+        }
+        Ok(Self { src, read })
+    }
 }
 
 /// A variable's value, trimmed; `None` when unset or blank.
@@ -606,7 +668,53 @@ fn overload(
         max_queued: parse_or(src, "MAX_QUEUED_REQUESTS", max_in_flight)?,
         queue_timeout: millis(src, "QUEUE_TIMEOUT_MS", 200, 0)?,
         request_timeout: millis(src, "REQUEST_TIMEOUT_MS", 5_000, 10)?,
+        body_timeout: millis(src, "BODY_TIMEOUT_MS", 5_000, 10)?,
+        // At least two whole bodies: below, one large body would refuse every other.
+        receiving_max_bytes: at_least(
+            src,
+            "RECEIVING_BODIES_MAX_BYTES",
+            64 * 1024 * 1024,
+            2 * 1024 * 1024,
+        )?,
+        header_read_timeout: millis(src, "HEADER_READ_TIMEOUT_MS", 30_000, 10)?,
+        max_connections: at_least(src, "MAX_CONNECTIONS", default_max_connections(), 1)?,
+        // Half the pool: one user's writes leave the other half to everyone else.
+        max_writes_per_user: at_least(
+            src,
+            "MAX_WRITES_PER_USER",
+            (database.pool_max as usize / 2).max(1),
+            1,
+        )?,
     })
+}
+
+/// Descriptors kept for everything but the API port's connections: the pools, the
+/// metrics port, the probes' own clients, log and certificate files.
+const RESERVED_DESCRIPTORS: usize = 128;
+
+/// The most connections allowed by default: each costs about 11 KiB silent and 23 KiB with
+/// half a head in (BENCHMARKS.md), so 4,096 of them hold under 100 MiB, while a container's
+/// open-file limit (often 1,048,576) would bound nothing.
+const MAX_CONNECTIONS_DEFAULT: usize = 4096;
+
+/// [`MAX_CONNECTIONS_DEFAULT`], or the open-file limit less [`RESERVED_DESCRIPTORS`] when
+/// lower: past that limit `accept` fails for everyone, probes included, while a capped
+/// connection costs only its own client.
+fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let open_files = if read && limit.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        65_536
+    };
+    open_files
+        .saturating_sub(RESERVED_DESCRIPTORS)
+        .clamp(16, MAX_CONNECTIONS_DEFAULT)
 }
 
 /// `REDIS_CA_CERT`, `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY`, read and checked.
@@ -755,6 +863,8 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let with_files = WithSecretFiles::read(src)?;
+        let src: &dyn Source = &with_files;
         let host = parse_or(src, "HOST", IpAddr::from([0, 0, 0, 0]))?;
         let port = port(src, "PORT", 3001)?;
         let metrics_port = port_checked_apart(src, port)?;
@@ -1022,8 +1132,45 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_their_file_and_a_bad_file_names_its_variable() {
+        let path = std::env::temp_dir().join(format!("jwt-secret-{}", std::process::id()));
+        std::fs::write(&path, "rjrpPtTVobHCzGx9pCv6164rAs3kdc5E4hf_h-yWkf0\n").unwrap();
+        let path = path.to_str().unwrap();
+        let mut only_file = env(&[("JWT_SECRET_FILE", path)]);
+        only_file.remove("JWT_SECRET");
+        let s = Settings::from_source(&only_file).unwrap();
+        assert_eq!(
+            s.auth.jwt_secret.expose(),
+            "rjrpPtTVobHCzGx9pCv6164rAs3kdc5E4hf_h-yWkf0",
+            "read, without its newline"
+        );
+        assert_eq!(
+            error_var(&[("JWT_SECRET_FILE", path)]),
+            "JWT_SECRET_FILE",
+            "both set"
+        );
+        let mut missing = env(&[("POSTGRES_PASSWORD_FILE", "/nonexistent/secret")]);
+        missing.remove("POSTGRES_PASSWORD");
+        assert_eq!(
+            Settings::from_source(&missing).unwrap_err().var,
+            "POSTGRES_PASSWORD_FILE"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(error_var(&[("PORT", "http")]), "PORT");
+        assert_eq!(error_var(&[("BODY_TIMEOUT_MS", "5")]), "BODY_TIMEOUT_MS");
+        assert_eq!(
+            error_var(&[("HEADER_READ_TIMEOUT_MS", "soon")]),
+            "HEADER_READ_TIMEOUT_MS"
+        );
+        assert_eq!(error_var(&[("MAX_CONNECTIONS", "0")]), "MAX_CONNECTIONS");
+        assert_eq!(
+            error_var(&[("MAX_WRITES_PER_USER", "0")]),
+            "MAX_WRITES_PER_USER"
+        );
         assert_eq!(error_var(&[("PORT", "70000")]), "PORT");
         assert_eq!(error_var(&[("METRICS_PORT", "3001")]), "METRICS_PORT");
         assert_eq!(

@@ -36,3 +36,4 @@ pub mod model;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod user_writes;

@@ -81,6 +81,9 @@ impl Application {
                 settings.overload.max_queued,
                 settings.overload.queue_timeout,
             )),
+            user_writes: Arc::new(crate::user_writes::UserWrites::new(
+                settings.overload.max_writes_per_user,
+            )),
             cursor_keys: Arc::new(
                 cursor::keys(&settings.auth).context("deriving the cursor keys")?,
             ),
@@ -157,15 +160,17 @@ impl Application {
         let mut api = tokio::spawn({
             let app = crate::http::app(state.clone());
             let stop = shutdown.clone();
+            let state = state.clone();
             async move {
-                // The peer's address: failed logins are throttled per account and client.
-                let app =
-                    axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                        SocketAddr,
-                    >(app);
-                axum::serve(api_listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+                let settings = &state.settings.overload;
+                crate::http::serve_api(
+                    api_listener,
+                    app,
+                    settings,
+                    &state.metrics,
+                    stop.cancelled(),
+                )
+                .await
             }
         });
         let metrics = tokio::spawn(serve_metrics(
@@ -181,7 +186,7 @@ impl Application {
             }
             Ok(error) = &mut failed => Some(error),
             served = &mut api => {
-                served.context("API server task")?.context("API server")?;
+                served.context("API server task")?;
                 anyhow::bail!("API server stopped on its own");
             }
         };
@@ -209,7 +214,7 @@ impl Application {
         shutdown.cancel();
         tokio::select! {
             finished = tokio::time::timeout(settings.shutdown_timeout, &mut api) => match finished {
-                Ok(served) => served.context("API server task")?.context("API server")?,
+                Ok(served) => served.context("API server task")?,
                 Err(_) => {
                     tracing::warn!(timeout_ms = settings.shutdown_timeout.as_millis() as u64, "in-flight requests still running at the shutdown timeout");
                     api.abort();

@@ -16,6 +16,7 @@ use crate::db::Database;
 use crate::health::{HealthHandle, Snapshot, Verdict};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::user_writes::UserWrites;
 
 /// Cheap to clone: every field is a handle.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct AppState {
     pub login_throttle: Arc<LoginThrottle>,
     /// Admission control of the data API: requests in flight and queued.
     pub admission: Arc<Bulkhead>,
+    /// Each user's writes in flight, at most `MAX_WRITES_PER_USER`.
+    pub user_writes: Arc<UserWrites>,
     /// Sign and verify page cursors; derived from the JWT secrets once at start.
     pub cursor_keys: Arc<CursorKeys>,
 }

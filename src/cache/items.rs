@@ -16,6 +16,11 @@ use super::Cache;
 use crate::db::{items, Database};
 use crate::model::item::Item;
 
+/// Larger entries are not cached. Each hit of one would move it from Redis and parse it
+/// whole, and a few users' large pages could crowd everyone else's entries out of Redis's
+/// memory; PostgreSQL serves them instead.
+pub const ENTRY_MAX_BYTES: usize = 256 * 1024;
+
 pub fn item_key(cache: &Cache, user: Uuid, id: Uuid) -> String {
     cache.key(format_args!("item:{user}:{id}"))
 }
@@ -81,8 +86,11 @@ where
     };
     let value = load.await?;
     if let Some(stamp) = stamp {
-        if let Ok(payload) = serde_json::to_string(&value) {
-            stamped::fill(cache, key, &stamp, &payload, ttl).await;
+        match serde_json::to_string(&value) {
+            Ok(payload) if payload.len() <= ENTRY_MAX_BYTES => {
+                stamped::fill(cache, key, &stamp, &payload, ttl).await;
+            }
+            _ => {}
         }
     }
     Ok(value)

@@ -260,13 +260,19 @@ pub struct Position {
 
 /// Up to `limit` items strictly after `after`, newest first. `(created_at, id)` is unique,
 /// so a page boundary never duplicates or skips a row, whatever is inserted meanwhile.
+///
+/// Rows are read one at a time, and reading stops before the item that would take the
+/// page past `byte_budget` of JSON (the first item is always taken): a page of large items
+/// never sits in memory whole. The flag says the page was cut short that way.
 pub async fn list(
     db: &Database,
     user: Uuid,
     filter: &ListFilter,
     after: Option<Position>,
     limit: i64,
-) -> Result<Vec<Item>, sqlx::Error> {
+    byte_budget: usize,
+) -> Result<(Vec<Item>, bool), sqlx::Error> {
+    use futures_util::TryStreamExt;
     let query = sqlx::query_as::<_, ItemRow>(concat!(
         "SELECT ",
         item_columns!(),
@@ -287,14 +293,21 @@ pub async fn list(
     .bind(filter.favorite)
     .bind(after.map(|p| p.created_at))
     .bind(after.map(|p| p.id))
-    .bind(limit)
-    .fetch_all(&db.pool);
-    Ok(db
-        .timed("item_list", query)
-        .await?
-        .into_iter()
-        .map(Item::from)
-        .collect())
+    .bind(limit);
+    let read = async {
+        let mut rows = query.fetch(&db.pool);
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.try_next().await? {
+            let item = Item::from(row);
+            bytes += item.approx_json_len();
+            if bytes > byte_budget && !items.is_empty() {
+                return Ok((items, true));
+            }
+            items.push(item);
+        }
+        Ok((items, false))
+    };
+    db.timed("item_list", read).await
 }
 
 #[derive(FromRow)]
@@ -312,7 +325,9 @@ pub async fn search(
     text: &str,
     tags: &[String],
     limit: i64,
+    byte_budget: usize,
 ) -> Result<Vec<(Item, f32)>, sqlx::Error> {
+    use futures_util::TryStreamExt;
     // No tags must skip `tags @>` altogether: under the generic plan PostgreSQL switches
     // to after five runs of a prepared statement, `tags @> '{}'` is read from the tags
     // GIN index, which matches every row (BENCHMARKS.md: 67 ms instead of 6 ms at 1M).
@@ -328,14 +343,22 @@ pub async fn search(
     .bind(user)
     .bind(text)
     .bind(tags)
-    .bind(limit)
-    .fetch_all(&db.pool);
-    Ok(db
-        .timed("item_search", query)
-        .await?
-        .into_iter()
-        .map(|row| (Item::from(row.item), row.score))
-        .collect())
+    .bind(limit);
+    // As for list pages: one row at a time, the best matches that fit the budget.
+    let read = async {
+        let mut rows = query.fetch(&db.pool);
+        let (mut hits, mut bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.try_next().await? {
+            let item = Item::from(row.item);
+            bytes += item.approx_json_len();
+            if bytes > byte_budget && !hits.is_empty() {
+                break;
+            }
+            hits.push((item, row.score));
+        }
+        Ok(hits)
+    };
+    db.timed("item_search", read).await
 }
 
 /// Item counts per type for one user.

@@ -49,7 +49,7 @@ pub const SHED_ROUTE: &str = "shed";
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether a path is the data API's, the only part ever shed.
-fn is_api(path: &str) -> bool {
+pub(super) fn is_api(path: &str) -> bool {
     path.strip_prefix("/api")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

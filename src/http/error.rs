@@ -50,6 +50,9 @@ pub enum ApiError {
     /// The request ran past `REQUEST_TIMEOUT_MS`: retryable, so 503.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The request's body did not arrive within `BODY_TIMEOUT_MS`: 408.
+    #[error("request body timed out")]
+    BodyTimeout(std::time::Duration),
     /// Too many failed logins for this account from this address: 429, with how many
     /// seconds to wait.
     #[error("too many failed logins")]
@@ -126,6 +129,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::LoginThrottled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_)
             | ApiError::Starting
             | ApiError::Overloaded(_)
@@ -151,6 +155,13 @@ impl ApiError {
             ApiError::PayloadTooLarge => ("request body exceeds 1 MiB".to_owned(), Vec::new()),
             ApiError::UnsupportedMediaType(why) => (why.clone(), Vec::new()),
             ApiError::Unprocessable(why) => (why.clone(), Vec::new()),
+            ApiError::BodyTimeout(timeout) => (
+                format!(
+                    "request body not received within {} ms",
+                    timeout.as_millis()
+                ),
+                Vec::new(),
+            ),
             ApiError::LoginThrottled(seconds) => (
                 format!("too many failed logins for this account from your address, retry in {seconds} s"),
                 Vec::new(),

@@ -23,16 +23,23 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Serves `GET /metrics` until `shutdown` resolves.
+/// Connections of the metrics port open at once: a few scrapers need one each.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves `GET /metrics` until `shutdown` resolves, with the API port's header-read
+/// timeout: it is reachable from inside the cluster, so a silent connection must not stay.
 pub async fn serve_metrics(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
+    let connections = super::server::Connections {
+        header_read_timeout: state.settings.overload.header_read_timeout,
+        max: MAX_CONNECTIONS,
+    };
+    let metrics = state.metrics.clone();
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    super::server::serve(listener, app, connections, &metrics, shutdown).await;
 }

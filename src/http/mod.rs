@@ -12,7 +12,9 @@ pub mod error;
 pub mod extract;
 pub mod metrics_port;
 pub mod probes;
+mod receive;
 pub mod request_id;
+mod server;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -26,6 +28,9 @@ use crate::state::AppState;
 pub use admission::Admission;
 use admission::AdmissionLayer;
 use context::RequestContextLayer;
+pub use receive::ReceiveBody;
+use receive::ReceiveBodyLayer;
+pub use server::serve_api;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -45,10 +50,20 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// The API port's full application: admission control around the routes, JSON
-/// fallbacks and the middleware stack. Admission wraps the router itself, so that a
-/// refusal costs no routing and none of the per-route middleware (`admission`).
-pub fn app(state: AppState) -> Admission<Router> {
+/// The API port's whole service, as [`app`] builds it.
+pub type App = ReceiveBody<Admission<Router>>;
+
+/// The API port's full application: the body received first (`receive`), then admission
+/// control around the routes, JSON fallbacks and the middleware stack. Admission wraps
+/// the router itself, so that a refusal costs no routing and none of the per-route
+/// middleware (`admission`); receiving wraps admission, so that a slow body holds no slot.
+pub fn app(state: AppState) -> App {
+    let receive = ReceiveBodyLayer::new(
+        state.settings.overload.body_timeout,
+        BODY_LIMIT,
+        state.settings.overload.receiving_max_bytes,
+        state.metrics.clone(),
+    );
     let admission = AdmissionLayer::new(state.admission.clone(), state.metrics.clone());
     let middleware = ServiceBuilder::new()
         .layer(RequestContextLayer::new(&state.metrics.instance))
@@ -59,5 +74,5 @@ pub fn app(state: AppState) -> Admission<Router> {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware)
         .with_state(state);
-    admission.layer(router)
+    receive.layer(admission.layer(router))
 }

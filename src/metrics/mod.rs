@@ -198,7 +198,7 @@ impl Metrics {
         let login_throttled = register!(IntCounterVec::new(
             opts(
                 "login_throttled_total",
-                "Logins refused with 429: too many wrong passwords for the account from the client's address"
+                "Logins refused with 429: too many wrong passwords for the account, or too many malformed logins, from the client's network"
             ),
             &i
         ))
@@ -213,7 +213,7 @@ impl Metrics {
         let overload_rejections = register!(IntCounterVec::new(
             opts(
                 "overload_rejections_total",
-                "Work refused with 503 to protect the replica: resource (requests, password_hashing), reason (queue_full, queue_timeout, deadline)"
+                "Work refused to protect the replica: resource (requests, password_hashing, request_bodies: a 503; connections: closed at once), reason (queue_full, queue_timeout, deadline, limit, budget)"
             ),
             &["instance", "resource", "reason"]
         ));
@@ -248,6 +248,8 @@ impl Metrics {
             ("requests", "deadline"),
             ("password_hashing", "queue_full"),
             ("password_hashing", "queue_timeout"),
+            ("connections", "limit"),
+            ("request_bodies", "budget"),
         ] {
             overload_rejections.with_label_values(&[instance, resource, reason]);
         }

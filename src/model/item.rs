@@ -22,6 +22,9 @@ pub const TAG_MAX: usize = 64;
 pub const SOURCE_FIELD_MAX: usize = 256;
 pub const URL_MAX: usize = 2048;
 pub const BATCH_MAX: usize = 1000;
+/// `metadata` as compact JSON, in bytes. Bounded by the body limit alone, one user's items
+/// made list pages of tens of megabytes, and several times that in memory to build them.
+pub const METADATA_MAX_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +115,18 @@ impl Item {
     /// A strong ETag: the version, quoted.
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.version)
+    }
+
+    /// About the bytes of this item's JSON, without building it: the variable parts as
+    /// they are, plus what the field names, ids and dates take. Escaped characters make it
+    /// an underestimate, by at most six to one for control characters.
+    pub fn approx_json_len(&self) -> usize {
+        const FIXED: usize = 320;
+        let source = self.source.as_ref().map_or(0, |s| {
+            s.connector.len() + s.source_id.len() + s.url.as_ref().map_or(0, String::len)
+        });
+        let tags: usize = self.tags.iter().map(|t| t.len() + 3).sum();
+        FIXED + self.title.len() + self.content.len() + tags + json_len(&self.metadata) + source
     }
 }
 
@@ -230,7 +245,30 @@ fn check_metadata(errors: &mut Vec<FieldError>, at: &str, metadata: &Map<String,
             format!("{at}.metadata"),
             "must not contain NUL characters",
         ));
+    } else if json_len(metadata) > METADATA_MAX_BYTES {
+        errors.push(FieldError::new(
+            format!("{at}.metadata"),
+            format!("must be at most {METADATA_MAX_BYTES} bytes as compact JSON"),
+        ));
     }
+}
+
+/// The length of `value` as compact JSON, counted without building it.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a map of JSON values always serializes.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl NewItem {

@@ -4,6 +4,7 @@
 //! Patterns are ECMA-262 (what OpenAPI specifies), written with only the syntax that Rust's
 //! `regex` reads alike (`\uXXXX`, classes, `(?:...)`), so the contract test can check them.
 
+use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::schema::{
     AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, Ref,
     Schema, SchemaType, Type,
@@ -127,7 +128,15 @@ pub fn metadata() -> Object {
             Ref::from_schema_name(JsonValue::name()),
         ))))
         .description(Some(
-            "Any JSON object; no NUL character in its keys or strings, at any depth",
+            "Any JSON object of at most 16,384 bytes as compact JSON (`x-max-bytes`; 422 \
+             beyond, naming the limit); no NUL character in its keys or strings, at any depth",
+        ))
+        // No JSON Schema keyword bounds a value's size in bytes: an extension states it
+        // for machines (the contract test validates with it).
+        .extensions(Some(
+            ExtensionsBuilder::new()
+                .add("x-max-bytes", super::item::METADATA_MAX_BYTES)
+                .build(),
         ))
         .build()
 }

@@ -128,6 +128,19 @@ async fn registration_input_is_validated() {
             "$.admin",
         ),
         (json!({"email": 42, "password": PASSWORD}), "$.email"),
+        // The first passwords any guesser tries, and the email itself.
+        (
+            json!({"email": unique_email(), "password": "password"}),
+            "$.password",
+        ),
+        (
+            json!({"email": unique_email(), "password": "Qwerty123"}),
+            "$.password",
+        ),
+        (
+            json!({"email": "jean.dupont@example.com", "password": "Jean.Dupont"}),
+            "$.password",
+        ),
         (json!({"password": PASSWORD}), "$"),
     ] {
         let answer = app
@@ -477,7 +490,7 @@ async fn failed_logins_slow_the_guessing_address_down_and_never_lock_the_owner_o
                 .status,
         );
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
     let refused = login_from(&app, attacker, &victim, PASSWORD).await;
     assert_eq!(
         refused.status, 429,
@@ -519,10 +532,10 @@ async fn without_trusted_proxies_a_forwarded_header_is_ignored() {
     app.wait_ready().await;
     let email = unique_email();
     assert_eq!(app.register(&email, PASSWORD).await.status, 201);
-    for i in 0..5 {
+    for i in 0..6 {
         // Each attempt claims another address: none is believed.
         let answer = login_from(&app, &format!("203.0.113.{i}"), &email, "wrong password!").await;
-        assert_eq!(answer.status, if i < 4 { 401 } else { 429 });
+        assert_eq!(answer.status, if i < 5 { 401 } else { 429 });
     }
     assert_eq!(
         login_from(&app, "198.51.100.9", &email, PASSWORD)
@@ -530,4 +543,126 @@ async fn without_trusted_proxies_a_forwarded_header_is_ignored() {
             .status,
         429
     );
+}
+
+#[tokio::test]
+async fn the_fifth_wrong_password_is_answered_and_only_the_sixth_attempt_waits() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(app.login(&email, "wrong password!").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    let text = app.metrics().await;
+    assert_eq!(
+        crate::helpers::metric_value(&text, "login_throttled_total", &[]),
+        2.0,
+        "every 429 is counted, the first of a block too"
+    );
+}
+
+#[tokio::test]
+async fn logins_refused_before_hashing_cost_the_throttle_one_entry_per_address() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        // Each a different account, each refused by the rules register applies.
+        let (email, password) = match i % 3 {
+            0 => (format!("{}{i}@example.com", "a".repeat(100_000)), PASSWORD),
+            1 => (format!("nul\0{i}@example.com"), PASSWORD),
+            _ => (format!("long{i}@example.com"), &*"p".repeat(129)),
+        };
+        statuses.push(app.login(&email, password).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 429, 429, 429, 429, 429, 429, 429],
+        "counted against the address, whatever the account"
+    );
+    assert_eq!(app.state.login_throttle.tracked(), 1);
+
+    // A real account from the same address is not held back by them.
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    assert_eq!(app.login(&email, PASSWORD).await.status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_evaluate_no_more_than_the_free_failures() {
+    // Room for every guess to be hashed at once: only the throttle may stop them.
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("PASSWORD_HASH_CONCURRENCY", "16")
+            .env("PASSWORD_HASH_QUEUE", "16"),
+    )
+    .await;
+    app.wait_ready().await;
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    let guesses =
+        futures::future::join_all((0..16).map(|_| app.login(&email, "wrong password!"))).await;
+    let statuses: Vec<u16> = guesses.iter().map(|a| a.status).collect();
+    // The wait doubles with each failure counted: 30 s means exactly five were.
+    let next = app.login(&email, PASSWORD).await;
+    assert_eq!(next.status, 429);
+    let retry_after: u64 = next.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=30).contains(&retry_after),
+        "{retry_after} s after {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_ipv6_network_shares_one_budget() {
+    let app = spawn_app_with(AppOptions::default().env("TRUSTED_PROXIES", "127.0.0.1/32")).await;
+    app.wait_ready().await;
+    let email = unique_email();
+    assert_eq!(app.register(&email, PASSWORD).await.status, 201);
+    for i in 1..=5 {
+        // A new address of the same /64 for each guess.
+        let client = format!("2001:db8:1:2::{i:x}");
+        let answer = login_from(&app, &client, &email, "wrong password!").await;
+        assert_eq!(answer.status, 401);
+    }
+    let other_host = login_from(&app, "2001:db8:1:2:ffff::1", &email, PASSWORD).await;
+    assert_eq!(other_host.status, 429, "the same /64");
+    let other_network = login_from(&app, "2001:db8:1:3::1", &email, PASSWORD).await;
+    assert_eq!(other_network.status, 200, "another /64");
+}
+
+#[tokio::test]
+async fn an_email_is_one_account_whatever_its_unicode_form() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let id = Uuid::new_v4().simple();
+    let composed = format!("jos\u{e9}-{id}@example.com");
+    let decomposed = format!("jose\u{301}-{id}@example.com");
+    assert_eq!(app.register(&composed, PASSWORD).await.status, 201);
+    assert_eq!(app.register(&decomposed, PASSWORD).await.status, 409);
+    assert_eq!(app.login(&decomposed, PASSWORD).await.status, 200);
+
+    // An account stored decomposed before emails were normalised still logs in.
+    let legacy = format!("rene\u{301}-{id}@example.com");
+    let hash = app.state.passwords.hash(PASSWORD.to_owned()).await.unwrap();
+    sqlx::query("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, $3)")
+        .bind(Uuid::now_v7())
+        .bind(&legacy)
+        .bind(&hash)
+        .execute(&app.state.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.login(&legacy, PASSWORD).await.status, 200);
 }

@@ -368,3 +368,28 @@ async fn a_redis_that_lost_the_lookup_script_is_given_it_again() {
     );
     assert_eq!(counter(&app, "cache_errors_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn entries_over_256_kib_are_not_cached() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let token = app.new_user().await;
+    // 100,000 three-byte characters: 300,000 bytes of JSON.
+    let large = json!({"type": "note", "title": "large", "content": "€".repeat(100_000)});
+    let created = app.create_item(&token, &large).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap();
+    let hits = counter(&app, "cache_hits_total").await;
+    for _ in 0..3 {
+        let read = app.get_item(&token, id).await;
+        assert_eq!(read.status, 200);
+        assert_eq!(read.body["content"].as_str().unwrap().len(), 300_000);
+    }
+    assert_eq!(counter(&app, "cache_hits_total").await, hits);
+
+    let small = app.note(&token, "small").await;
+    let small = small["id"].as_str().unwrap();
+    app.get_item(&token, small).await;
+    app.get_item(&token, small).await;
+    assert_eq!(counter(&app, "cache_hits_total").await, hits + 1.0);
+}

@@ -28,6 +28,8 @@ fn a_bad_value_prints_one_line_naming_the_variable_and_exits_non_zero() {
         ),
         ("JWT_SECRET", "test-secret-test-secret-test-secret-0123"),
         ("JWT_SECRET_PREVIOUS", "0123456789abcdef0123456789abcdef"),
+        // Unreadable, and set beside JWT_SECRET besides.
+        ("JWT_SECRET_FILE", "/nonexistent/jwt-secret"),
     ] {
         let (status, output) = run_to_end(&["serve"], &env_with(&[(var, value)]));
         assert_eq!(status.code(), Some(78), "{var}={value}: {output}");
@@ -51,4 +53,23 @@ fn a_missing_secret_is_a_configuration_error() {
     let (status, output) = run_to_end(&[], &env);
     assert_eq!(status.code(), Some(78));
     assert!(output.contains("JWT_SECRET"), "{output}");
+}
+
+#[tokio::test]
+async fn secrets_can_come_from_files_so_the_environment_holds_only_paths() {
+    let path = std::env::temp_dir().join(format!("jwt-secret-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, format!("{}\n", crate::helpers::JWT_SECRET)).unwrap();
+    let app = crate::helpers::spawn_app_with(
+        crate::helpers::AppOptions::default()
+            .env("JWT_SECRET", "")
+            .env("JWT_SECRET_FILE", path.to_str().unwrap()),
+    )
+    .await;
+    // Tokens are signed and verified with the file's secret.
+    let token = app.new_user().await;
+    let me = app
+        .call(reqwest::Method::GET, "/api/auth/me", Some(&token), None)
+        .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    std::fs::remove_file(path).unwrap();
 }

@@ -70,9 +70,33 @@ fn validator(schema: &Value) -> jsonschema::Validator {
     root.insert("components".into(), document()["components"].clone());
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
+        .with_keyword("x-max-bytes", |_, limit, _| {
+            Ok(Box::new(MaxBytes(limit.as_u64().unwrap_or(0) as usize)))
+        })
         .should_validate_formats(true)
         .build(&Value::Object(root))
         .unwrap_or_else(|e| panic!("the document's schema does not compile: {e}\n{schema}"))
+}
+
+/// `x-max-bytes`, the document's extension for what no JSON Schema keyword says: the most
+/// bytes a value may take as compact JSON (`metadata`).
+struct MaxBytes(usize);
+
+impl<'i> jsonschema::Keyword<'i> for MaxBytes {
+    fn validate(&self, instance: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        if self.is_valid(instance) {
+            Ok(())
+        } else {
+            Err(jsonschema::ValidationError::custom(format!(
+                "over {} bytes as compact JSON",
+                self.0
+            )))
+        }
+    }
+
+    fn is_valid(&self, instance: &'i Value) -> bool {
+        serde_json::to_vec(instance).is_ok_and(|json| json.len() <= self.0)
+    }
 }
 
 /// Every length limit the document states, with its neighbours: the boundaries to probe.
@@ -326,8 +350,8 @@ async fn bodies_valid_by_the_document_are_accepted_and_the_others_refused_as_doc
             path: "/api/auth/login".into(),
             token: None,
             base: json!({"email": email, "password": PASSWORD}),
-            // Login checks no rule of the schema but the types: a password or email that
-            // breaks one is just wrong (401), and wrong ones are throttled (429).
+            // A password or email that breaks one of the schema's rules is refused before
+            // hashing as a wrong one (401), and such refusals are throttled per address (429).
             accepted: &[200, 401, 429],
             refused: &[400, 401, 422, 429],
             null_means_absent: false,

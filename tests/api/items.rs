@@ -424,3 +424,37 @@ async fn if_match_follows_rfc_9110() {
     .await;
     assert_eq!(two_lines.status, 204, "{}", two_lines.body);
 }
+
+#[tokio::test]
+async fn metadata_over_16_kib_is_refused_naming_the_limit() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    // {"k":"..."}: 8 bytes around the string.
+    let metadata = |bytes: usize| json!({"k": "x".repeat(bytes - 8)});
+    let note = |bytes: usize| json!({"type": "note", "title": "t", "metadata": metadata(bytes)});
+    let at_the_limit = app.create_item(&token, &note(16 * 1024)).await;
+    assert_eq!(at_the_limit.status, 201, "{}", at_the_limit.body);
+    let id = at_the_limit.body["id"].as_str().unwrap().to_owned();
+
+    let over = app.create_item(&token, &note(16 * 1024 + 1)).await;
+    assert_eq!(over.status, 422, "{}", over.body["details"]);
+    assert_eq!(over.error_paths(), ["$.metadata"]);
+    assert_eq!(
+        over.body["details"][0]["message"],
+        "must be at most 16384 bytes as compact JSON"
+    );
+    let patched = app
+        .patch_item(
+            &token,
+            &id,
+            None,
+            &json!({"metadata": metadata(16 * 1024 + 1)}),
+        )
+        .await;
+    assert_eq!(patched.status, 422, "{}", patched.body["details"]);
+    let mut sourced = note(16 * 1024 + 1);
+    sourced["source"] = json!({"connector": "c", "sourceId": "s"});
+    let batch = app.batch(&token, vec![sourced]).await;
+    assert_eq!(batch.status, 422, "{}", batch.body["details"]);
+    assert_eq!(batch.error_paths(), ["$.items[0].metadata"]);
+}

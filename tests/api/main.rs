@@ -28,5 +28,6 @@ mod probes;
 mod retention;
 mod search;
 mod sentinel;
+mod slow_clients;
 mod tls;
 mod upserts;

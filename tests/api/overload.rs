@@ -409,3 +409,55 @@ impl TestApp {
         )
     }
 }
+
+#[tokio::test]
+async fn one_users_writes_cannot_take_every_pooled_connection() {
+    // Four connections, two of them at most for one user's writes.
+    let app = spawn_app_with(
+        AppOptions::default()
+            .env("POSTGRES_POOL_MAX", "4")
+            .env("MAX_WRITES_PER_USER", "2"),
+    )
+    .await;
+    app.wait_ready().await;
+    let (writer, reader) = (app.new_user().await, app.new_user().await);
+    let item = app.note(&writer, "contended").await;
+    let id = item["id"].as_str().unwrap().to_owned();
+    // A row lock: the writer's updates of that item wait inside PostgreSQL, each holding
+    // its connection, while reads of other rows go on.
+    let mut locker = connect(&app).await;
+    let mut lock = locker.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM items WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *lock)
+        .await
+        .expect("row lock");
+    let (client, url) = (app.client.clone(), app.url(&format!("/api/items/{id}")));
+    let token = writer.clone();
+    let writes = tokio::spawn(async move {
+        join_all((0..6).map(|i| {
+            client
+                .patch(&url)
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"title": format!("write {i}")}))
+                .send()
+        }))
+        .await
+    });
+    assert!(
+        until_blocked(&app, |n| n >= 2).await,
+        "the writes never blocked"
+    );
+    // Long enough for more of them to take connections, were they allowed to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let list = app.list_items(&reader, "").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let mut conn = connect(&app).await;
+    assert_eq!(blocked_queries(&mut conn, &app.database_name).await, 2);
+
+    lock.rollback().await.expect("release the lock");
+    for response in writes.await.expect("writes") {
+        assert_eq!(response.expect("answered").status(), 200);
+    }
+}

@@ -105,3 +105,27 @@ async fn stats_count_items_by_type() {
     assert_eq!(stats.body["byType"]["file"], 1);
     assert_eq!(stats.body["byType"]["note"], 0);
 }
+
+#[tokio::test]
+async fn search_results_stop_at_about_1_mib() {
+    let app = spawn_app().await;
+    let token = app.new_user().await;
+    // 12 matches of 100 KB each: 1.2 MB.
+    for i in 0..12 {
+        let item = json!({"type": "note", "title": format!("budget {i}"), "content": "lorem ".repeat(16_000)});
+        let answer = app.create_item(&token, &item).await;
+        assert_eq!(answer.status, 201, "{}", answer.body["error"]);
+    }
+    let found = app
+        .call(
+            Method::GET,
+            "/api/search?q=budget&limit=100",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.body["error"]);
+    let results = found.body["results"].as_array().unwrap().len();
+    assert!((1..12).contains(&results), "{results} results");
+    assert_eq!(found.body["count"], results);
+}

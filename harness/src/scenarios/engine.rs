@@ -749,7 +749,10 @@ impl EngineDrill {
             .next()
             .context("the sentinel named no master")?;
         for node in ["redis-1", "redis-2"] {
-            let id = self.stack.container(node).await?;
+            // A stopped node has no running container, and no address.
+            let Ok(id) = self.stack.container(node).await else {
+                continue;
+            };
             let ip = inspect(
                 &id,
                 "{{(index .NetworkSettings.Networks \"cartae-data-network\").IPAddress}}",

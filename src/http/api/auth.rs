@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use uuid::Uuid;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
 use super::responses::{AuthErrors, BodyErrors, ServerErrors};
@@ -33,7 +34,7 @@ pub fn router() -> Router<AppState> {
         (status = 201, description = "Created", body = User, headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
         BodyErrors, ServerErrors,
         (status = 409, description = "Email already registered", body = ErrorBody),
-        (status = 422, description = "Invalid email or password, or an Idempotency-Key already used with another email", body = ErrorBody),
+        (status = 422, description = "Invalid email or password (a common password, or the email as password, included)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -44,6 +45,7 @@ pub async fn register(
 ) -> ApiResult<Outcome> {
     let mut errors = Vec::new();
     credentials.check(&mut errors);
+    credentials.check_new_password(&mut errors);
     validated(errors)?;
     let email = credentials.normalized_email();
     // The fingerprint leaves the password out: it is kept for a day and backed up, and any
@@ -51,7 +53,7 @@ pub async fn register(
     // password replays the first answer (docs/api.md).
     let keyed = Keyed::new(
         key,
-        Scope::Anonymous,
+        Scope::Registration(&email),
         "register",
         &serde_json::json!({"email": email}),
     )?;
@@ -84,7 +86,7 @@ pub async fn register(
         (status = 200, description = "A bearer token", body = TokenResponse),
         BodyErrors, ServerErrors,
         (status = 401, description = "Wrong email or password (a body that breaks the schema's email or password rules is a wrong password too)", body = ErrorBody),
-        (status = 429, description = "Too many wrong passwords for this account from this address: retry after Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "Too many wrong passwords for this account from this address (an IPv6 client: its /64), or too many bodies that break the rules from it: retry after Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until this address may try this account again"))),
     )
 )]
@@ -94,45 +96,75 @@ pub async fn login(
     ClientIp(client): ClientIp,
     Json(credentials): Json<Credentials>,
 ) -> ApiResult<axum::Json<TokenResponse>> {
-    let email = credentials.normalized_email();
     let throttle = &state.login_throttle;
-    if let Some(wait) = throttle.wait(&email, client) {
-        state.metrics.login_throttled.inc();
-        return Err(throttled(wait));
+    // Register's rules, before anything shared is touched: a body no account could match
+    // is refused unhashed, and counted against the client's network alone, never as an
+    // entry per account it invents (`auth::throttle`).
+    let mut problems = Vec::new();
+    credentials.check(&mut problems);
+    if !problems.is_empty() {
+        throttle
+            .refused_early(client)
+            .map_err(|wait| throttled(&state, wait))?;
+        return Err(wrong_password());
     }
-    // A wrong password counts against this account from this address only (see
-    // `auth::throttle`), an unknown email too, so that both still look alike.
-    let wrong = || match throttle.failed(&email, client) {
-        Some(wait) => throttled(wait),
-        None => ApiError::Unauthorized("wrong email or password".into()),
+    let email = credentials.normalized_email();
+    // Reserved before hashing, so concurrent guesses cannot all pass the check; an
+    // unknown email counts too, so that both still look alike.
+    let attempt = throttle
+        .reserve(&email, client)
+        .await
+        .map_err(|wait| throttled(&state, wait))?;
+    let legacy = credentials.email_as_stored_before_nfc();
+    let user_id = match verified_user(&state, &email, &legacy, credentials.password).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            attempt.failed();
+            return Err(wrong_password());
+        }
+        Err(e) => {
+            attempt.not_evaluated();
+            return Err(e);
+        }
     };
-    if credentials.password.chars().count() > crate::model::auth::PASSWORD_MAX
-        || email.contains('\0')
-    {
-        return Err(wrong());
-    }
-    let Some(user) = users::by_email(&state.db, &email).await? else {
-        state.passwords.verify_dummy(credentials.password).await?;
-        return Err(wrong());
-    };
-    if !state
-        .passwords
-        .verify(credentials.password, user.password_hash)
-        .await?
-    {
-        return Err(wrong());
-    }
-    throttle.succeeded(&email, client);
-    let issued = state.tokens.issue(user.id).map_err(anyhow::Error::from)?;
-    tracing::info!(user = %user.id, "token issued");
+    attempt.succeeded();
+    let issued = state.tokens.issue(user_id).map_err(anyhow::Error::from)?;
+    tracing::info!(user = %user_id, "token issued");
     Ok(axum::Json(TokenResponse {
         token: issued.token,
         expires_at: issued.expires_at,
     }))
 }
 
-/// Whole seconds, rounded up: a client that waits as told is let through.
-fn throttled(wait: std::time::Duration) -> ApiError {
+/// The id of the account whose password this is; `None` for a wrong password or an
+/// unknown email, which take the same time. An account made before emails were stored in
+/// NFC is found under its `legacy` form.
+async fn verified_user(
+    state: &AppState,
+    email: &str,
+    legacy: &str,
+    password: String,
+) -> ApiResult<Option<Uuid>> {
+    let mut found = users::by_email(&state.db, email).await?;
+    if found.is_none() && legacy != email {
+        found = users::by_email(&state.db, legacy).await?;
+    }
+    let Some(user) = found else {
+        state.passwords.verify_dummy(password).await?;
+        return Ok(None);
+    };
+    let right = state.passwords.verify(password, user.password_hash).await?;
+    Ok(right.then_some(user.id))
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::Unauthorized("wrong email or password".into())
+}
+
+/// Every 429 is counted, the first of a block too. Whole seconds, rounded up: a client
+/// that waits as told is let through.
+fn throttled(state: &AppState, wait: std::time::Duration) -> ApiError {
+    state.metrics.login_throttled.inc();
     ApiError::LoginThrottled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 

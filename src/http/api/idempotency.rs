@@ -58,17 +58,23 @@ impl IntoResponse for Reply {
 }
 
 /// Who a key belongs to: keys of different users never meet.
-pub enum Scope {
+pub enum Scope<'a> {
     User(Uuid),
-    /// Requests without a user (registration).
-    Anonymous,
+    /// A registration, by the (normalised) email it registers: without a user, the
+    /// account asked for is what a key belongs to. One scope for every anonymous caller
+    /// let one caller's key turn another's registration into a 422.
+    Registration(&'a str),
 }
 
-impl Scope {
+impl Scope<'_> {
     fn as_string(&self) -> String {
         match self {
             Scope::User(id) => format!("user:{id}"),
-            Scope::Anonymous => "anonymous".to_owned(),
+            Scope::Registration(email) => {
+                let digest = Sha256::digest(email.as_bytes());
+                let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+                format!("register:{hex}")
+            }
         }
     }
 }

@@ -51,11 +51,12 @@ impl IntoResponses for ServerErrors {
             (
                 503,
                 error(
-                    "Temporarily unable to serve: starting, at capacity, past the request \
-                     deadline, or the database unreachable or failing over. Retry after \
-                     Retry-After seconds. Past the deadline or on a database failure a write \
-                     may have been applied: a POST is safe to retry with the same \
-                     Idempotency-Key; read the item before retrying a PATCH or DELETE",
+                    "Temporarily unable to serve: starting, at capacity (requests, password \
+                     hashing, request bodies being received), past the request deadline, or \
+                     the database unreachable or failing over. Retry after Retry-After \
+                     seconds. Past the deadline or on a database failure a write may have \
+                     been applied: a POST is safe to retry with the same Idempotency-Key; \
+                     read the item before retrying a PATCH or DELETE",
                     &[(
                         "Retry-After",
                         "Seconds to wait before retrying",
@@ -111,6 +112,14 @@ impl IntoResponses for BodyErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         responses([
             (400, bad_request()),
+            (
+                408,
+                error(
+                    "The body did not arrive within the server's `BODY_TIMEOUT_MS` (5 s by \
+                     default); the connection is closed",
+                    &[],
+                ),
+            ),
             (413, error("The body is over 1 MiB", &[])),
             (
                 415,

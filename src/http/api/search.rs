@@ -60,7 +60,8 @@ impl IntoParams for SearchParams {
                 "limit",
                 ParameterIn::Query,
                 false,
-                "1 to 100, default 20",
+                "1 to 100, default 20; fewer results, the best ones, when they would take more \
+                 than about 1 MiB of JSON (at least one)",
                 super::items::limit_schema(),
             ),
         ]
@@ -135,7 +136,15 @@ pub async fn search(
 ) -> ApiResult<axum::Json<SearchResults>> {
     let query = parse_search(params)?;
     let results = cache::items::query(&state.cache, user.id, "search", &query, async {
-        let hits = items::search(&state.db, user.id, &query.q, &query.tags, query.limit).await?;
+        let hits = items::search(
+            &state.db,
+            user.id,
+            &query.q,
+            &query.tags,
+            query.limit,
+            super::items::PAGE_BUDGET_BYTES,
+        )
+        .await?;
         Ok::<_, sqlx::Error>(SearchResults {
             query: query.q.clone(),
             count: hits.len(),

@@ -31,6 +31,10 @@ use crate::state::{AppState, CursorKeys};
 
 pub const LIMIT_DEFAULT: i64 = 20;
 pub const LIMIT_MAX: i64 = 100;
+/// About the most JSON a list page holds: beyond, the page ends early with a cursor. At
+/// 100 items of the largest size a page would take tens of megabytes, and several times
+/// that in memory to build it.
+pub const PAGE_BUDGET_BYTES: usize = 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -122,6 +126,7 @@ pub async fn create(
     let mut errors = Vec::new();
     new.check("$", &mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
@@ -195,6 +200,7 @@ pub async fn update(
     let mut errors = Vec::new();
     patch.check(&mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let (task, owner) = (state.clone(), user.id);
     let item = to_completion(&state, |_| async move {
         let db = &task.db;
@@ -230,6 +236,7 @@ pub async fn remove(
     Id(id): Id,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<StatusCode> {
+    let _slot = state.user_writes.enter(user.id).await;
     let (task, owner) = (state.clone(), user.id);
     to_completion(&state, |_| async move {
         let db = &task.db;
@@ -259,7 +266,8 @@ pub struct ListParams {
     /// `1` and `0` are taken for `true` and `false` too.
     #[param(value_type = Option<bool>)]
     favorite: Option<String>,
-    /// 1 to 100, default 20.
+    /// 1 to 100, default 20. A page ends earlier, with `nextCursor`, once it holds about
+    /// 1 MiB of JSON (at least one item).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// `nextCursor` of the previous page, as given: any other value is a 400.
@@ -408,9 +416,16 @@ pub async fn list(
     };
     let page = cache::items::query(&state.cache, user.id, "list", &query, async {
         // One more than asked tells whether another page exists.
-        let mut rows =
-            items::list(&state.db, user.id, &filter, query.after, query.limit + 1).await?;
-        let more = rows.len() as i64 > query.limit;
+        let (mut rows, cut_short) = items::list(
+            &state.db,
+            user.id,
+            &filter,
+            query.after,
+            query.limit + 1,
+            PAGE_BUDGET_BYTES,
+        )
+        .await?;
+        let more = cut_short || rows.len() as i64 > query.limit;
         rows.truncate(query.limit as usize);
         let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
             cursor::encode(
@@ -453,6 +468,7 @@ pub async fn upsert(
     let mut errors = Vec::new();
     new.check_upsert("$", &mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/upsert", &new)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
@@ -518,6 +534,7 @@ pub async fn batch(
     let mut errors = Vec::new();
     batch.check(&mut errors);
     validated(errors)?;
+    let _slot = state.user_writes.enter(user.id).await;
     let keyed = Keyed::new(key, Scope::User(user.id), "POST /api/items/batch", &batch)?;
     let (db, owner) = (state.db.clone(), user.id);
     let task = state.clone();
