@@ -181,6 +181,21 @@ pub struct Database {
     topology: Arc<Topology>,
 }
 
+/// The health check's connection while its round trip is under way. Dropped unfinished
+/// (the check's timeout cut it), the connection is closed, never returned: on its next use
+/// sqlx would first wait for the answer this round never got, and on a socket that died
+/// silently (a replica cut from the network, then reconnected with a new address) every
+/// later round would time out waiting for it too.
+struct Unfinished(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 /// Records a failed check when dropped unanswered: also when the check's timeout drops it.
 struct FailedCheck<'a>(Option<&'a StaleAfterOutage>);
 
@@ -355,14 +370,20 @@ impl Database {
         let mut unanswered = FailedCheck(Some(&self.outages));
         let result = self
             .timed("health_check", async {
-                let mut conn = self.health_pool.acquire().await?;
+                let mut in_use = Unfinished(Some(self.health_pool.acquire().await?));
+                let Some(conn) = in_use.0.as_mut() else {
+                    return Err(sqlx::Error::PoolClosed);
+                };
                 let result = if self.topology.follows() {
-                    self.check_primary(&mut conn).await
+                    self.check_primary(conn).await
                 } else {
                     sqlx::query("SELECT 1")
-                        .execute(&mut *conn)
+                        .execute(&mut **conn)
                         .await
                         .map(|_| ())
+                };
+                let Some(conn) = in_use.0.take() else {
+                    return result;
                 };
                 if result.is_err() {
                     // Possibly broken: never hand it to the next round.

@@ -578,6 +578,9 @@ impl EngineDrill {
         ])
         .await?;
         let oom_killed = oom_events.lines().any(|l| l == "oom");
+        // The operator puts the limit back; restarted under the tight one, the replica
+        // would count itself near its limit and stay unready.
+        docker(&["update", "--memory", "1g", "--memory-swap", "1g", &victim]).await?;
         let back = until(Duration::from_secs(60), || async {
             restart_count(&victim).await.unwrap_or(0) > restarts_before
                 && routed(&self.client, &self.stack).await.contains(&hostname)
@@ -587,7 +590,6 @@ impl EngineDrill {
         let window = Window::of(&load, pushed, Instant::now());
         self.successes(&load, 40).await;
         let outcomes = load.stop().await?;
-        docker(&["update", "--memory", "1g", "--memory-swap", "1g", &victim]).await?;
         let mut r = counted("OOM kill (memory limit)", BALANCER, &outcomes);
         r.recovery = back;
         if !oom_killed {
@@ -638,8 +640,9 @@ impl EngineDrill {
         let old_id = self.stack.container(&old).await?;
         let load = self.load(LoadSpec {
             retry_writes: true,
-            // 200 ms apart: 30 s before a write is given up.
-            write_attempts: 150,
+            // 200 ms apart: 60 s before a write is given up (Patroni's leader key lives
+            // 20 s, and its promotion has taken up to 36 s here).
+            write_attempts: 300,
             ..LoadSpec::default()
         });
         self.successes(&load, 40).await;
