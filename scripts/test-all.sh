@@ -52,5 +52,5 @@ bash infra/ci/check-infra.sh
 eval "$(scripts/engine.sh start)"
 trap 'scripts/engine.sh stop' EXIT
 infra/scripts/local-images.sh
-timeout "${ENGINE_TEST_TIMEOUT:-1800}" \
+timeout "${ENGINE_TEST_TIMEOUT:-2400}" \
   cargo test -p cartae-harness --features engine --test engine -- --test-threads=1

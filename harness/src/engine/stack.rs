@@ -109,7 +109,24 @@ impl Stack {
         self.compose(&args).await.map(drop)
     }
 
-    /// The replicas' container ids, running or not.
+    /// `up -d --scale database-api=N` of the replicas alone, as an operator scales them;
+    /// compose drains the replicas it removes.
+    pub async fn scale(&self, replicas: usize) -> anyhow::Result<()> {
+        let scale = format!("{SERVICE}={replicas}");
+        self.compose(&[
+            "up",
+            "-d",
+            "--no-build",
+            "--no-recreate",
+            "--scale",
+            &scale,
+            SERVICE,
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// The running replicas' container ids.
     pub async fn replicas(&self) -> anyhow::Result<Vec<String>> {
         let ids = self.compose(&["ps", "-q", SERVICE]).await?;
         Ok(ids.lines().map(str::to_owned).collect())

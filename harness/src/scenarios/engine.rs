@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::shared::{counted, judge, killed_replica_excuse, Window};
+use super::shared::{check_write_counts, counted, judge, killed_replica_excuse, Window};
 use crate::engine::docker::{docker, docker_with, health, inspect};
-use crate::engine::stack::{Stack, SERVICE};
+use crate::engine::stack::Stack;
 use crate::load::{Kind, LoadRun, LoadSpec, Outcome, Workload};
 use crate::process::{send_signal, wait_until, wait_until_every};
 use crate::report::Row;
@@ -149,17 +149,7 @@ impl EngineDrill {
         self.successes(&load, 40).await;
         let mut problems = Vec::new();
         let started = Instant::now();
-        self.stack
-            .compose(&[
-                "up",
-                "-d",
-                "--no-build",
-                "--no-recreate",
-                "--scale",
-                "database-api=5",
-                SERVICE,
-            ])
-            .await?;
+        self.stack.scale(5).await?;
         let up = self.until_routed(5, Duration::from_secs(90)).await;
         if up.is_none() {
             problems.push("Traefik did not route to 5 replicas within 90 s".to_owned());
@@ -169,17 +159,7 @@ impl EngineDrill {
         }
         self.successes(&load, 40).await;
         let down_at = Instant::now();
-        self.stack
-            .compose(&[
-                "up",
-                "-d",
-                "--no-build",
-                "--no-recreate",
-                "--scale",
-                "database-api=2",
-                SERVICE,
-            ])
-            .await?;
+        self.stack.scale(2).await?;
         let down = self.until_routed(2, Duration::from_secs(60)).await;
         if down.is_none() {
             problems.push("Traefik did not route to exactly 2 replicas within 60 s".to_owned());
@@ -202,17 +182,7 @@ impl EngineDrill {
             down_at.duration_since(started).as_secs_f64()
         );
         // Back to three for the next scenario.
-        self.stack
-            .compose(&[
-                "up",
-                "-d",
-                "--no-build",
-                "--no-recreate",
-                "--scale",
-                "database-api=3",
-                SERVICE,
-            ])
-            .await?;
+        self.stack.scale(3).await?;
         self.until_routed(3, Duration::from_secs(90))
             .await
             .context("back to 3 replicas")?;
@@ -778,27 +748,11 @@ impl EngineDrill {
         let titles = self
             .psql_on_primary("SELECT title FROM items WHERE title LIKE 'drill-%'")
             .await?;
-        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut counts: HashMap<String, i64> = HashMap::new();
         for title in titles.lines() {
-            *counts.entry(title).or_default() += 1;
+            *counts.entry(title.to_owned()).or_default() += 1;
         }
-        let duplicated = counts.values().filter(|n| **n > 1).count();
-        if duplicated > 0 {
-            problems.push(format!("{duplicated} writes duplicated by retries"));
-        }
-        let lost = outcomes
-            .iter()
-            .filter(|o| o.kind == Kind::Write && o.ok())
-            .filter(|o| {
-                let title = format!("drill-{}", o.idempotency_key.as_deref().unwrap_or_default());
-                !counts.contains_key(title.as_str())
-            })
-            .count();
-        if lost > 0 {
-            problems.push(format!(
-                "{lost} acknowledged writes missing from PostgreSQL"
-            ));
-        }
+        check_write_counts(&counts, outcomes, problems);
         Ok(())
     }
 

@@ -459,6 +459,17 @@ pub async fn check_writes_in(
         .iter()
         .map(|r| (r.get::<String, _>("title"), r.get::<i64, _>("n")))
         .collect();
+    check_write_counts(&counts, outcomes, problems);
+    Ok(())
+}
+
+/// Every write acknowledged in `outcomes` appears once in `counts` (how many rows carry
+/// each drill title).
+pub fn check_write_counts(
+    counts: &std::collections::HashMap<String, i64>,
+    outcomes: &[Outcome],
+    problems: &mut Vec<String>,
+) {
     let duplicated = counts.values().filter(|n| **n > 1).count();
     if duplicated > 0 {
         problems.push(format!("{duplicated} writes duplicated by retries"));
@@ -478,5 +489,4 @@ pub async fn check_writes_in(
             "{lost} acknowledged writes missing from PostgreSQL"
         ));
     }
-    Ok(())
 }
