@@ -623,10 +623,21 @@ impl EngineDrill {
         })
         .await
         .then(|| killed.elapsed());
+        // Settled once Traefik routes to every replica again: each must first see the new
+        // primary, and pass Traefik's check and Docker's.
+        let settled = until(Duration::from_secs(90), || async {
+            routed(&self.client, &self.stack).await.len() == 3
+        })
+        .await;
         self.successes(&load, 40).await;
         let window = Window::of(&load, killed, Instant::now());
         let outcomes = load.stop().await?;
         let mut r = counted("PostgreSQL primary killed (Patroni)", BALANCER, &outcomes);
+        if !settled {
+            r.problems.push(
+                "Traefik did not route to every replica within 90 s of the promotion".to_owned(),
+            );
+        }
         r.detection = promoted;
         if promoted.is_none() {
             r.problems
@@ -635,13 +646,14 @@ impl EngineDrill {
         judge(
             &mut r,
             &outcomes,
-            "only 503 with Retry-After, only for requests in flight between the kill and the \
-             promotion (no writable primary); every such write retried with its \
-             Idempotency-Key until acknowledged",
+            "only 503, only for requests in flight between the kill and the moment Traefik \
+             routes to every replica again: from a replica with Retry-After (no writable \
+             primary), or from Traefik itself while its check found no replica ready; every \
+             such write retried with its Idempotency-Key until acknowledged",
             |o| {
                 window.overlaps(o)
                     && o.first.status == Some(503)
-                    && o.first.retry_after
+                    && (o.first.retry_after || o.first.instance.is_none())
                     && (o.kind != Kind::Write || o.ok())
             },
         );
@@ -659,12 +671,17 @@ impl EngineDrill {
                 "{old} did not rejoin as the synchronous standby within 90 s"
             ));
         }
+        let from_traefik = outcomes
+            .iter()
+            .filter(|o| !o.first_ok() && o.first.instance.is_none())
+            .count();
         let failed = outcomes.iter().filter(|o| !o.first_ok()).count();
         r.notes = format!(
             "`docker kill` of {old} (Docker leaves it down: a lost machine); detection = until \
-             the other node is primary; {failed} first attempts answered 503 with \
-             Retry-After; recovery = from `docker start` until {old} is the synchronous \
-             standby again; RPO 0 (every acknowledged write on the new primary)"
+             the other node is primary; {failed} first attempts answered 503, {from_traefik} \
+             of them by Traefik with no replica ready; recovery = from `docker start` until \
+             {old} is the synchronous standby again; RPO 0 (every acknowledged write on the \
+             new primary)"
         );
         Ok(r)
     }
