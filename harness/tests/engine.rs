@@ -321,6 +321,10 @@ async fn the_compose_stack_holds_its_promises() {
             .flat_map(|r| r.problems.iter().map(|p| format!("{}: {p}", r.scenario))),
     );
     drill.stack.save_logs().await;
+    // Down while its env file still exists (the folder goes below when all passed).
+    if let Err(e) = drill.stack.remove().await {
+        problems.push(format!("docker compose down: {e:#}"));
+    }
     if problems.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
     }
