@@ -292,6 +292,10 @@ impl Cluster {
             .env("DRAIN_DELAY_MS", Self::ms(t.drain_delay))
             .env("SHUTDOWN_TIMEOUT_MS", "5000")
             .env("POSTGRES_POOL_MAX", "10")
+            // The drill's load is one user's: its writes may take the whole pool, as many
+            // users' would (the pool-saturation row). The per-user bound, half the pool by
+            // default, has its own API test (overload.rs).
+            .env("MAX_WRITES_PER_USER", "10")
             .env("LOG_LEVEL", "info")
             .env("LOG_FORMAT", "json")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))

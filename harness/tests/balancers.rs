@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use cartae_harness::balancer::{Balancer, BalancerKind};
 use cartae_harness::cluster::{Cluster, Instance, Timings};
+use cartae_harness::load::Workload;
 use cartae_harness::process::wait_until;
 use cartae_harness::scenarios::metric_sum;
 
@@ -41,20 +42,47 @@ fn shed_beyond_one_request() {
     });
 }
 
-/// A register whose body never completes: admitted, then waiting for its body, it holds
-/// the replica's only slot until the connection is dropped.
-async fn hold_the_only_slot(instance: &Instance) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", instance.port))
+/// A PATCH admitted, then blocked in PostgreSQL on a row lock this test holds: it keeps
+/// the replica's only slot until the lock goes with the guard. (A request still sending
+/// its body holds none: bodies are received before admission.)
+struct HeldSlot {
+    _lock: sqlx::PgConnection,
+    _request: tokio::task::JoinHandle<()>,
+}
+
+async fn hold_the_only_slot(cluster: &Cluster, instance: &Instance) -> HeldSlot {
+    let client = reqwest::Client::new();
+    let workload = Workload::prepare(&client, &instance.url(""))
         .await
-        .expect("connect to the replica");
-    stream
-        .write_all(
-            b"POST /api/auth/register HTTP/1.1\r\nHost: replica\r\n\
-              Content-Type: application/json\r\nContent-Length: 64\r\n\r\n{",
-        )
+        .expect("a user and items on the replica");
+    let id = workload.item_ids[0].clone();
+    let mut lock = cluster
+        .database
+        .connect()
         .await
-        .expect("send the head of a request");
-    stream
+        .expect("a database connection");
+    sqlx::query("BEGIN")
+        .execute(&mut lock)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM items WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut lock)
+        .await
+        .expect("lock the item's row");
+    let url = instance.url(&format!("/api/items/{id}"));
+    let request = tokio::spawn(async move {
+        let _ = client
+            .patch(url)
+            .bearer_auth(&workload.token)
+            .json(&serde_json::json!({"favorite": true}))
+            .send()
+            .await;
+    });
+    HeldSlot {
+        _lock: lock,
+        _request: request,
+    }
 }
 
 /// `/api/openapi.json`: behind admission control, but needs no token and no database.
@@ -128,7 +156,7 @@ async fn shedding_replica_stays_routed(kind: BalancerKind) {
     let busy = &cluster.instances[0];
     let url = balancer.url("/api/openapi.json");
 
-    let held = hold_the_only_slot(busy).await;
+    let held = hold_the_only_slot(&cluster, busy).await;
     let shedding = wait_until(Duration::from_secs(5), || async {
         get_api(&client, &busy.url("/api/openapi.json"))
             .await
