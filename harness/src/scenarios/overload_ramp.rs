@@ -58,9 +58,10 @@ const POOL_MAX: usize = 10;
 /// processes share two cores. The bound catches a queue without bound (measured: p99 5 s
 /// with the admission queue and `POSTGRES_ACQUIRE_TIMEOUT_MS` at 5 s), but not the request
 /// limit alone lifted: the pool's 1 s acquire timeout then bounds the wait about as well.
-/// 1.5 until 2026-12-07; since bodies are received before admission and writes run to
-/// completion past their slot (issues 25 and 26), the 4x step measured 1.53 and 1.54
-/// behind the two balancers, so 1.7: a queue without bound still lands at about 7.
+/// 1.5 until 2026-12-07. Once the work of issues 25 and 26 landed (bodies received
+/// before admission, writes run to completion past their slot, per-user write slots) the
+/// 4x step measured 1.53 and 1.54 behind the two balancers, cause not yet isolated; so
+/// 1.7: a queue without bound still lands far above it.
 const P99_OVER_LITTLE: f64 = 1.7;
 
 pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
