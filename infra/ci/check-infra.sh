@@ -229,6 +229,9 @@ offered = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", open(".env.example").read(), 
 deliberate = {"INSTANCE_ID", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
               "POSTGRES_PASSWORD", "POSTGRES_SSLMODE", "POSTGRES_SSLROOTCERT", "REDIS_HOST",
               "REDIS_PORT", "REDIS_URL", "REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"}
+# Secrets from files: compose passes its secrets from .env as variables; a deployment that
+# mounts secret files sets the *_FILE variables in place of those.
+deliberate |= {v for v in settings if v.endswith("_FILE")}
 ignored = sorted((settings & offered) - set(api["environment"]) - deliberate)
 if ignored:
     bad(f".env.example offers settings the replicas never receive: {ignored}")

@@ -23,7 +23,7 @@ LAYERS = [
     ["http"],
     ["state"],
     ["health", "auth", "cache", "db", "metrics", "telemetry"],
-    ["model", "error", "config", "lifecycle", "bulkhead"],
+    ["model", "error", "config", "lifecycle", "bulkhead", "user_writes"],
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
 CRATE_PATH = re.compile(r"\bcrate::([a-z_]+)")
