@@ -208,6 +208,7 @@ impl EngineDrill {
         // Back when Docker restarted it and Traefik routes to it again.
         let back = until(Duration::from_secs(60), || async {
             restart_count(&victim).await.unwrap_or(0) > restarts_before
+                && health(&victim).await.is_ok_and(|h| h == "healthy")
                 && routed(&self.client, &self.stack).await.contains(&hostname)
         })
         .await
@@ -232,7 +233,8 @@ impl EngineDrill {
         self.check_writes(&outcomes, &mut r.problems).await?;
         r.notes = format!(
             "SIGKILL to the container's process; `restart: unless-stopped` restarted it \
-             (RestartCount {} → {}); recovery = until Traefik routes to it again",
+             (RestartCount {} → {}); recovery = until Docker calls it healthy and Traefik \
+             routes to it again",
             restarts_before,
             restart_count(&victim).await?
         );
@@ -553,6 +555,7 @@ impl EngineDrill {
         docker(&["update", "--memory", "1g", "--memory-swap", "1g", &victim]).await?;
         let back = until(Duration::from_secs(60), || async {
             restart_count(&victim).await.unwrap_or(0) > restarts_before
+                && health(&victim).await.is_ok_and(|h| h == "healthy")
                 && routed(&self.client, &self.stack).await.contains(&hostname)
         })
         .await
