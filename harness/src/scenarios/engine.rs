@@ -143,6 +143,22 @@ impl EngineDrill {
         .then(|| started.elapsed())
     }
 
+    /// The time since `since` until Traefik routes to the replica `hostname` (`routed`),
+    /// or no longer does; `None` past `within`.
+    async fn until_routing(
+        &self,
+        hostname: &str,
+        routed_to: bool,
+        since: Instant,
+        within: Duration,
+    ) -> Option<Duration> {
+        until(within, || async {
+            routed(&self.client, &self.stack).await.contains(hostname) == routed_to
+        })
+        .await
+        .then(|| since.elapsed())
+    }
+
     /// The scale row: `--scale database-api=5`, then `=2`, under load.
     pub async fn scale(&self) -> anyhow::Result<Row> {
         let load = self.load(LoadSpec::default());
@@ -375,20 +391,16 @@ impl EngineDrill {
         self.successes(&load, 40).await;
         let cut = Instant::now();
         docker(&["network", "disconnect", "cartae-data-network", &victim]).await?;
-        let out = until(Duration::from_secs(60), || async {
-            !routed(&self.client, &self.stack).await.contains(&hostname)
-        })
-        .await
-        .then(|| cut.elapsed());
+        let out = self
+            .until_routing(&hostname, false, cut, Duration::from_secs(60))
+            .await;
         let window = Window::of(&load, cut, Instant::now());
         self.successes(&load, 40).await;
         let reconnected = Instant::now();
         docker(&["network", "connect", "cartae-data-network", &victim]).await?;
-        let back = until(Duration::from_secs(60), || async {
-            routed(&self.client, &self.stack).await.contains(&hostname)
-        })
-        .await
-        .then(|| reconnected.elapsed());
+        let back = self
+            .until_routing(&hostname, true, reconnected, Duration::from_secs(60))
+            .await;
         self.successes(&load, 40).await;
         let outcomes = load.stop().await?;
         let mut r = counted("partition (data network)", BALANCER, &outcomes);
@@ -439,19 +451,15 @@ impl EngineDrill {
         self.successes(&load, 40).await;
         let paused = Instant::now();
         docker(&["pause", &victim]).await?;
-        let out = until(Duration::from_secs(30), || async {
-            !routed(&self.client, &self.stack).await.contains(&hostname)
-        })
-        .await
-        .then(|| paused.elapsed());
+        let out = self
+            .until_routing(&hostname, false, paused, Duration::from_secs(30))
+            .await;
         tokio::time::sleep(Duration::from_secs(12).saturating_sub(paused.elapsed())).await;
         let unpaused = Instant::now();
         docker(&["unpause", &victim]).await?;
-        let back = until(Duration::from_secs(60), || async {
-            routed(&self.client, &self.stack).await.contains(&hostname)
-        })
-        .await
-        .then(|| unpaused.elapsed());
+        let back = self
+            .until_routing(&hostname, true, unpaused, Duration::from_secs(60))
+            .await;
         let window = Window::of(&load, paused, unpaused);
         self.successes(&load, 40).await;
         let outcomes = load.stop().await?;
