@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::cluster::{require_program, Cluster, Instance, Timings};
+use crate::cluster::{Cluster, Instance, Timings};
+use crate::process::require_program;
 use crate::process::{free_port, wait_until, ManagedChild};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

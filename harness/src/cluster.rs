@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::database::{pg_url, TestDatabase, PG_ADDR, REDIS_ADDR};
-use crate::process::{free_port, is_alive, send_signal};
+use crate::process::{free_port, is_alive, require_program, send_signal};
 use crate::proxy::TcpProxy;
-use crate::tls::{postgres_url, redis_url, TlsServers};
+use crate::tier::tls::{postgres_url, redis_url, TlsServers};
 
 /// Production timings scaled down for a drill that runs in minutes.
 #[derive(Debug, Clone)]
@@ -152,18 +152,6 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-pub fn require_program(name: &str, install: &str) -> anyhow::Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        bail!("{name} not found: install it with `{install}` (scripts/test-all.sh does)");
-    }
-    Ok(())
 }
 
 impl Cluster {

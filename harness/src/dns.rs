@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::cluster::require_program;
+use crate::process::require_program;
 use crate::process::{send_signal, wait_until, ManagedChild};
 
 pub struct Dns {

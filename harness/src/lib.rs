@@ -1,28 +1,34 @@
 //! Runs cartae-database-api for real, on loopback, to prove its HA promises and measure it.
 //!
-//! - [`proxy`]: a TCP proxy between the replicas and PostgreSQL or Redis, to cut, hang or
-//!   slow a dependency.
-//! - [`process`]: child processes stopped by their PID, whatever happens.
-//! - [`cluster`]: three replicas of the release binary, started, replaced and rolled back by
-//!   the shipped `infra/scripts/rolling-update.sh` through its process runtime.
-//! - [`balancer`]: real Traefik with the shipped dynamic configuration, or real HAProxy
-//!   with the shipped configuration, only the server addresses and timings rewritten.
-//! - [`dns`]: a real DNS server (dnsmasq) publishing the replicas under the compose
-//!   service's name, for the drills that discover them as the stack does.
-//! - [`load`]: a load client with bounded workers, requests and time, recording every
-//!   request's outcome and latency.
-//! - [`patroni`]: a private PostgreSQL data tier (etcd, two nodes under Patroni, synchronous
-//!   replication) whose primary a drill can kill like a lost machine.
-//! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
-//!   only TLS.
-//! - [`pitr`]: a PostgreSQL archiving its WAL with pgBackRest, and the restore drill.
-//! - [`sentinel`]: a private Redis master, replica and three sentinels, for the drills and
-//!   tests where Sentinel fails Redis over.
-//! - [`engine`]: a real Docker engine: the image built from the shipped Dockerfile and the
-//!   shipped compose stack, which [`scenarios::engine`] drills.
-//! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
-//! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
-//!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
+//! Its layers, top to bottom (imports point down; `infra/ci/check-layers.py harness/src`
+//! checks it):
+//!
+//! 1. The drills and benchmarks.
+//!    - [`scenarios`]: every drill, one module per promise (PITR, PostgreSQL failover and
+//!      scaling included), and [`scenarios::run`], the one runner each drill test uses
+//!      (its turn, its log folder, its table, its verdict).
+//!    - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
+//!      `BENCHMARKS.md`.
+//! 2. What routes to the replicas or watches them.
+//!    - [`balancer`]: real Traefik with the shipped dynamic configuration, or real HAProxy
+//!      with the shipped configuration, only the server addresses and timings rewritten.
+//!    - [`prometheus`]: a real Prometheus with the shipped rules.
+//!    - [`dns`]: a real DNS server (dnsmasq) publishing the replicas under the compose
+//!      service's name, for the drills that discover them as the stack does.
+//!    - [`engine`]: a real Docker engine: the image built from the shipped Dockerfile and
+//!      the shipped compose stack.
+//! 3. The replicas: [`cluster`], three replicas of the release binary, started, replaced
+//!    and rolled back by the shipped `infra/scripts/rolling-update.sh`.
+//! 4. The parts.
+//!    - [`tier`]: private data tiers a test may kill: one way to run a PostgreSQL, and on
+//!      it TLS-only servers, an archiving server, a Patroni cluster; Redis under Sentinel.
+//!    - [`proxy`]: a TCP proxy between the replicas and PostgreSQL or Redis, to cut, hang or
+//!      slow a dependency.
+//!    - [`database`]: a database of its own for each test, on the shared PostgreSQL.
+//!    - [`load`]: a load client with bounded workers, requests and time, recording every
+//!      request's outcome and latency; [`report`]: the drill's table.
+//!    - [`process`]: child processes stopped by their PID, whatever happens.
+//!    - [`floor`]: the floor server the benchmarks' probe figures compare with.
 
 pub mod balancer;
 pub mod bench;
@@ -32,15 +38,12 @@ pub mod dns;
 pub mod engine;
 pub mod floor;
 pub mod load;
-pub mod patroni;
-pub mod pitr;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod scenarios;
-pub mod sentinel;
-pub mod tls;
+pub mod tier;
 
 use std::path::PathBuf;
 

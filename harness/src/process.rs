@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 /// A free loopback port. Another process could take it before ours binds it; on a test
 /// machine that race is rare and shows up as a clear bind error in the child's log.
@@ -107,4 +107,17 @@ where
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Fails, saying how to install it, when `name` is not on the PATH.
+pub fn require_program(name: &str, install: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        bail!("{name} not found: install it with `{install}` (scripts/test-all.sh does)");
+    }
+    Ok(())
 }

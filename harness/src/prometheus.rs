@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::balancer::Balancer;
-use crate::cluster::{require_program, Cluster};
+use crate::cluster::Cluster;
+use crate::process::require_program;
 use crate::process::{free_port, send_signal, wait_until, ManagedChild};
 
 pub struct Prometheus {

@@ -14,8 +14,8 @@ use cartae_harness::engine::docker::{docker, inspect, wait_health};
 use cartae_harness::engine::image::{self, Built};
 use cartae_harness::process::{free_port, wait_until};
 use cartae_harness::proxy::{Mode, TcpProxy};
-use cartae_harness::report::table;
 use cartae_harness::scenarios::engine::EngineDrill;
+use cartae_harness::scenarios::run::{selected, DrillRun};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -32,12 +32,6 @@ async fn built() -> &'static Built {
                 .expect("the image builds from the shipped Dockerfile")
         })
         .await
-}
-
-fn run_dir(name: &str) -> std::path::PathBuf {
-    cartae_harness::repo_root()
-        .join("ha-logs")
-        .join(format!("engine-{name}-{}", uuid::Uuid::new_v4().simple()))
 }
 
 /// A value anywhere in a JSON document, by key.
@@ -262,14 +256,6 @@ const SCENARIOS: [&str; 9] = [
     "redis",
 ];
 
-/// `ENGINE_SCENARIOS`, a comma list of scenario names, runs only those; unset, all.
-fn selected(scenario: &str) -> bool {
-    match std::env::var("ENGINE_SCENARIOS") {
-        Ok(wanted) if !wanted.trim().is_empty() => wanted.split(',').any(|w| w.trim() == scenario),
-        _ => true,
-    }
-}
-
 /// The stack, up for real, and the drill on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_holds_its_promises() {
@@ -282,8 +268,8 @@ async fn the_compose_stack_holds_its_promises() {
     let broken = "cartae-database-api:engine-broken";
     docker_build_broken(broken).await;
 
-    let dir = run_dir("stack");
-    let (drill, up) = EngineDrill::start(&built.tag, &dir)
+    let run = DrillRun::begin("engine-stack").await;
+    let (drill, up) = EngineDrill::start(&built.tag, &run.dir)
         .await
         .expect("the stack comes up");
     let mut problems = socket_proxy_problems(&drill).await;
@@ -297,7 +283,7 @@ async fn the_compose_stack_holds_its_promises() {
     );
 
     let mut rows = Vec::new();
-    for scenario in SCENARIOS.iter().filter(|s| selected(s)) {
+    for scenario in SCENARIOS.iter().filter(|s| selected("ENGINE_SCENARIOS", s)) {
         let result = match *scenario {
             "scale" => drill.scale().await,
             "crash" => drill.crash().await,
@@ -315,24 +301,12 @@ async fn the_compose_stack_holds_its_promises() {
             Err(e) => problems.push(format!("{scenario}: {e:#}")),
         }
     }
-    println!("{}", table(&rows));
-    problems.extend(
-        rows.iter()
-            .flat_map(|r| r.problems.iter().map(|p| format!("{}: {p}", r.scenario))),
-    );
     drill.stack.save_logs().await;
-    // Down while its env file still exists (the folder goes below when all passed).
+    // Down while its env file still exists (the folder goes when all passed).
     if let Err(e) = drill.stack.remove().await {
         problems.push(format!("docker compose down: {e:#}"));
     }
-    if problems.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    assert!(
-        problems.is_empty(),
-        "logs in {}: {problems:#?}",
-        dir.display()
-    );
+    run.finish(&rows, &problems, ());
 }
 
 /// An image whose `serve` exits at once: the release that never becomes ready.

@@ -4,59 +4,25 @@
 
 use cartae_harness::balancer::BalancerKind;
 use cartae_harness::cluster::Timings;
-use cartae_harness::report::table;
+use cartae_harness::scenarios::run::{selected, DrillRun};
 use cartae_harness::scenarios::{Drill, SCENARIOS, TLS_SCENARIOS};
-use cartae_harness::tls::TlsServers;
-
-/// The two drills run one after the other: each is timing-sensitive, and together they
-/// would oversubscribe a small CI machine.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// `HA_SCENARIOS`, a comma list of parts of scenario names, runs only those (to work on
-/// a few without the whole drill); unset, every scenario runs.
-fn selected(scenario: &str) -> bool {
-    match std::env::var("HA_SCENARIOS") {
-        Ok(wanted) if !wanted.trim().is_empty() => {
-            wanted.split(',').any(|part| scenario.contains(part.trim()))
-        }
-        _ => true,
-    }
-}
+use cartae_harness::tier::tls::TlsServers;
 
 async fn drill(kind: BalancerKind) {
     drill_of(kind, None, &SCENARIOS).await;
 }
 
 async fn drill_of(kind: BalancerKind, tls: Option<TlsServers>, scenarios: &[&str]) {
-    let _turn = ONE_AT_A_TIME.lock().await;
     let over = if tls.is_some() { "-tls" } else { "" };
-    let dir = cartae_harness::repo_root().join("ha-logs").join(format!(
-        "test-{}{over}-{}",
-        kind.name(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let drill = Drill::start_with(kind, &dir, Timings::default(), tls)
+    let run = DrillRun::begin(&format!("test-{}{over}", kind.name())).await;
+    let drill = Drill::start_with(kind, &run.dir, Timings::default(), tls)
         .await
         .expect("the drill starts");
     let mut rows = Vec::new();
-    for &scenario in scenarios.iter().filter(|s| selected(s)) {
+    for &scenario in scenarios.iter().filter(|s| selected("HA_SCENARIOS", s)) {
         rows.push(drill.run(scenario).await);
     }
-    println!("{}", table(&rows));
-    let failed: Vec<_> = rows.iter().filter(|r| !r.passed()).collect();
-    if failed.is_empty() {
-        drop(drill);
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        let logs = drill.keep_logs();
-        panic!(
-            "{} scenario(s) failed behind {}; logs in {}:\n{}",
-            failed.len(),
-            kind.name(),
-            logs.display(),
-            table(&rows)
-        );
-    }
+    run.finish(&rows, &[], drill);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

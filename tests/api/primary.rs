@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::helpers::{spawn_app_with, AppOptions, TestApp};
-use crate::support::pg_pair::{PgPair, DATABASE};
+use crate::support::pg_pair::{connect, PgPair, DATABASE};
 use crate::support::proxy::{Mode, TcpProxy};
 
 /// A failover on a busy 2-core machine: a promotion, then a discovery round.
@@ -74,9 +74,16 @@ async fn the_service_follows_the_primary_through_a_failover_without_a_restart() 
     }
     let (_, detailed) = app.get_json("/health/detailed").await;
     let topology = &detailed["topology"]["postgres"];
-    assert_eq!(topology["primary"], pair.primary.addr(), "{detailed}");
+    assert_eq!(
+        topology["primary"],
+        pair.primary.addr().to_string(),
+        "{detailed}"
+    );
     assert_eq!(topology["targetSessionAttrs"], "read-write");
-    assert_eq!(topology["hosts"][0]["host"], pair.standby.addr());
+    assert_eq!(
+        topology["hosts"][0]["host"],
+        pair.standby.addr().to_string()
+    );
     assert_eq!(topology["hosts"][0]["role"], "standby", "{detailed}");
     // The standby's replication, as the primary sees it, once a check round has read it.
     app.wait_for("/health/detailed", FOLLOW_WITHIN, |_, body| {
@@ -129,10 +136,10 @@ async fn the_service_follows_the_primary_through_a_failover_without_a_restart() 
     let (_, detailed) = app.get_json("/health/detailed").await;
     assert_eq!(
         detailed["topology"]["postgres"]["primary"],
-        pair.standby.addr(),
+        pair.standby.addr().to_string(),
         "{detailed}"
     );
-    let mut conn = pair.standby.connect().await.unwrap();
+    let mut conn = connect(&pair.standby).await.unwrap();
     let titles: Vec<String> = sqlx::query_scalar("SELECT title FROM items ORDER BY title")
         .fetch_all(&mut conn)
         .await
@@ -200,8 +207,8 @@ async fn me(app: &TestApp, token: &str) -> u16 {
 async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_running() {
     let mut pair = PgPair::start().await.expect("primary and standby start");
     // Replica B reaches the servers through proxies the test controls.
-    let to_primary = TcpProxy::start(pair.primary.addr().parse().unwrap(), false).await;
-    let to_standby = TcpProxy::start(pair.standby.addr().parse().unwrap(), false).await;
+    let to_primary = TcpProxy::start(pair.primary.addr(), false).await;
+    let to_standby = TcpProxy::start(pair.standby.addr(), false).await;
     let hosts = |a: String, b: String| {
         format!("postgres://postgres@{a},{b}/{DATABASE}?sslmode=disable&target_session_attrs=read-write")
     };
@@ -211,7 +218,10 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
     };
     let a = spawn_app_with(options().env(
         "DATABASE_URL",
-        &hosts(pair.primary.addr(), pair.standby.addr()),
+        &hosts(
+            pair.primary.addr().to_string(),
+            pair.standby.addr().to_string(),
+        ),
     ))
     .await;
     let token = a.new_user().await;
@@ -224,7 +234,7 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
     assert_eq!(me(&b, &token).await, 200);
 
     // The standby stops receiving WAL: what the primary does from now on never reaches it.
-    let mut standby = pair.standby.connect().await.unwrap();
+    let mut standby = connect(&pair.standby).await.unwrap();
     for sql in [
         "ALTER SYSTEM SET primary_conninfo = ''",
         "SELECT pg_reload_conf()",
@@ -233,7 +243,7 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
     }
     let cut = cartae_harness::process::wait_until(FOLLOW_WITHIN, || async {
         let receivers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_wal_receiver")
-            .fetch_one(&mut pair.standby.connect().await.unwrap())
+            .fetch_one(&mut connect(&pair.standby).await.unwrap())
             .await
             .unwrap();
         receivers == 0
@@ -242,7 +252,7 @@ async fn a_logout_right_after_a_failover_is_refused_by_a_replica_that_kept_runni
     assert!(cut, "the standby kept receiving WAL");
     // Transactions the standby will never know of push the primary's ids ahead, and B's
     // horizon with them.
-    let mut primary = pair.primary.connect().await.unwrap();
+    let mut primary = connect(&pair.primary).await.unwrap();
     for _ in 0..300 {
         sqlx::query("SELECT txid_current()")
             .execute(&mut primary)

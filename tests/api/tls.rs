@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cartae_harness::database::TestDatabase;
-use cartae_harness::tls::{postgres_url, redis_url, TlsServers};
+use cartae_harness::tier::tls::{postgres_url, redis_url, TlsServers};
 use serde_json::Value;
 
 use crate::helpers::{metric_value, spawn_app_with, AppOptions, TestApp};

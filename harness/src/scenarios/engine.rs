@@ -1,3 +1,6 @@
+//! (Long: one drill of nine scenarios sharing one stack's helpers; split by scenario, each
+//! file would import them all back.)
+//!
 //! The drill on a real Docker engine: the shipped compose stack, up with the image built
 //! from the shipped Dockerfile, its load sent through Traefik's published port, and each
 //! scenario an operator's own command (`docker compose --scale`, `rolling-update.sh`,

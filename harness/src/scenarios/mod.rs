@@ -17,10 +17,14 @@ mod login_storm;
 mod logout;
 mod outages;
 mod overload_ramp;
+pub mod pg_failover;
+pub mod pitr;
 pub mod redis_sentinel;
 mod rolling;
 mod rotation;
+pub mod run;
 mod saturation;
+pub mod scale;
 mod schema;
 mod shared;
 mod steady;
@@ -87,7 +91,7 @@ impl Drill {
         kind: BalancerKind,
         dir: &Path,
         timings: Timings,
-        tls: Option<crate::tls::TlsServers>,
+        tls: Option<crate::tier::tls::TlsServers>,
     ) -> anyhow::Result<Self> {
         let options = ClusterOptions {
             tls,

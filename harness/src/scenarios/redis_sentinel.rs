@@ -10,7 +10,7 @@ use super::shared::{judge, row, same_processes};
 use super::Drill;
 use crate::load::LoadSpec;
 use crate::report::Row;
-use crate::sentinel::SentinelGroup;
+use crate::tier::sentinel::SentinelGroup;
 
 pub const NAME: &str = "Redis master killed (Sentinel)";
 

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo};
 
+use super::server::{stop, wait_for_log, ServerDir};
 use crate::process::{free_port, send_signal, wait_until, ManagedChild};
-use crate::tls::{stop, wait_for_log, ServerDir};
 
 /// The master's name in every sentinel's configuration.
 pub const MASTER_NAME: &str = "cartae";
@@ -58,7 +58,7 @@ impl SentinelGroup {
     /// Starts the group and returns once every sentinel knows the replica and the other
     /// sentinels: before that, a failover could not elect a leader.
     pub async fn start(passwords: Passwords) -> anyhow::Result<Self> {
-        crate::cluster::require_program("redis-server", "apt-get install redis-server")?;
+        crate::process::require_program("redis-server", "apt-get install redis-server")?;
         let dir = ServerDir::new("sentinel")?;
         let mut group = Self {
             nodes: Vec::new(),

@@ -6,19 +6,15 @@
 //! Everything runs as the `postgres` user (initdb and Patroni refuse root) in a temporary
 //! directory it owns, on free ports, and is killed by PID when the cluster is dropped.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::cluster::require_program;
+use super::postgres::{postgres_bin, PgAccount};
+use crate::process::require_program;
 use crate::process::{free_port, send_signal, wait_until, ManagedChild};
-
-/// PostgreSQL 15, the version Debian ships and the project targets.
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Patroni's timings, as small as its rule `loop_wait + 2 * retry_timeout <= ttl` allows
 /// with a margin: a dead primary's leader key expires within `ttl` (8 s), and the sync
@@ -28,49 +24,6 @@ pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const TTL_S: u32 = 8;
 const LOOP_WAIT_S: u32 = 1;
 const RETRY_TIMEOUT_S: u32 = 3;
-
-/// The user the data tier runs as.
-struct Owner {
-    uid: u32,
-    gid: u32,
-}
-
-impl Owner {
-    /// `postgres` when the test runs as root (initdb refuses root); else the test's own user.
-    fn find() -> anyhow::Result<Option<Self>> {
-        if id(&["-u"])? != 0 {
-            return Ok(None);
-        }
-        Ok(Some(Self {
-            uid: id(&["-u", "postgres"])?,
-            gid: id(&["-g", "postgres"])?,
-        }))
-    }
-
-    fn own(owner: &Option<Self>, path: &Path) -> anyhow::Result<()> {
-        if let Some(o) = owner {
-            std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid))
-                .with_context(|| format!("chown {} to postgres", path.display()))?;
-        }
-        Ok(())
-    }
-
-    fn command(owner: &Option<Self>, program: &str) -> Command {
-        let mut command = Command::new(program);
-        if let Some(o) = owner {
-            command.uid(o.uid).gid(o.gid);
-        }
-        command
-    }
-}
-
-fn id(args: &[&str]) -> anyhow::Result<u32> {
-    let out = Command::new("id").args(args).output().context("run id")?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("id {args:?} gave no number (is there a postgres user?)"))
-}
 
 /// One machine of the data tier: a Patroni and the PostgreSQL it runs.
 pub struct PgNode {
@@ -163,7 +116,9 @@ pub struct PatroniCluster {
     pub scope: String,
     pub nodes: Vec<PgNode>,
     etcd: ManagedChild,
-    owner: Option<Owner>,
+    owner: PgAccount,
+    /// The installed PostgreSQL's binaries, which Patroni runs.
+    bin: PathBuf,
     client: reqwest::Client,
     keep: bool,
 }
@@ -174,16 +129,14 @@ impl PatroniCluster {
     pub async fn start() -> anyhow::Result<Self> {
         require_program("patroni", "apt-get install patroni")?;
         require_program("etcd", "apt-get install etcd-server")?;
-        if !Path::new(PG_BIN).join("postgres").is_file() {
-            bail!("{PG_BIN}/postgres not found: install it with `apt-get install postgresql-15`");
-        }
-        let owner = Owner::find()?;
+        let bin = postgres_bin()?;
+        let owner = PgAccount::find()?;
         let scope = format!("drill-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let dir = std::env::temp_dir().join(format!("cartae-{scope}"));
         for sub in ["", "etcd", "n1", "n2"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path)?;
-            Owner::own(&owner, &path)?;
+            owner.own(&path)?;
         }
         // etcd refuses a data directory others can read.
         std::fs::set_permissions(
@@ -208,6 +161,7 @@ impl PatroniCluster {
             nodes,
             etcd,
             owner,
+            bin,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()?,
@@ -240,17 +194,17 @@ impl PatroniCluster {
 
     fn write_config(&self, index: usize, etcd_port: u16) -> anyhow::Result<()> {
         let node = &self.nodes[index];
-        let config = patroni_config(&self.scope, node, etcd_port);
+        let config = patroni_config(&self.scope, node, &self.bin, etcd_port);
         let path = node.dir.join("patroni.yml");
         std::fs::write(&path, config)?;
-        Owner::own(&self.owner, &path)
+        self.owner.own(&path)
     }
 
     /// Starts (again) node `index`'s Patroni, which starts its PostgreSQL: a first start
     /// bootstraps or clones, a restart after a kill rewinds and follows the leader.
     pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &self.nodes[index];
-        let mut command = Owner::command(&self.owner, "patroni");
+        let mut command = self.owner.command("patroni");
         command
             .arg(node.dir.join("patroni.yml"))
             .current_dir(&node.dir)
@@ -419,10 +373,10 @@ fn now_ms() -> u128 {
         .unwrap_or_default()
 }
 
-fn start_etcd(owner: &Option<Owner>, dir: &Path, client_port: u16) -> anyhow::Result<ManagedChild> {
+fn start_etcd(owner: &PgAccount, dir: &Path, client_port: u16) -> anyhow::Result<ManagedChild> {
     let peer = format!("http://127.0.0.1:{}", free_port());
     let client = format!("http://127.0.0.1:{client_port}");
-    let mut command = Owner::command(owner, "etcd");
+    let mut command = owner.command("etcd");
     command
         .args(["--name", "etcd", "--data-dir"])
         .arg(dir.join("etcd"))
@@ -436,8 +390,9 @@ fn start_etcd(owner: &Option<Owner>, dir: &Path, client_port: u16) -> anyhow::Re
 
 /// A node's Patroni configuration. Loopback is trusted (the drill's only network); the
 /// superuser replicates and rewinds.
-fn patroni_config(scope: &str, node: &PgNode, etcd_port: u16) -> String {
+fn patroni_config(scope: &str, node: &PgNode, bin: &Path, etcd_port: u16) -> String {
     let dir = node.dir.display();
+    let bin = bin.display();
     format!(
         r#"scope: {scope}
 name: {name}
@@ -466,7 +421,7 @@ postgresql:
   listen: 127.0.0.1:{pg}
   connect_address: 127.0.0.1:{pg}
   data_dir: {dir}/data
-  bin_dir: {PG_BIN}
+  bin_dir: {bin}
   pgpass: {dir}/pgpass
   pg_hba:
     - local all all trust
