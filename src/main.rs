@@ -11,7 +11,7 @@ use cartae_database_api::db::Database;
 use cartae_database_api::lifecycle::{install_signal_handlers, StartupStep};
 use cartae_database_api::metrics::Metrics;
 use cartae_database_api::startup::{Application, Stopped};
-use cartae_database_api::{health, telemetry};
+use cartae_database_api::{http, telemetry};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -81,6 +81,13 @@ fn with_settings(run: impl FnOnce(Settings) -> ExitCode) -> ExitCode {
     match Settings::from_env() {
         Ok(settings) => {
             telemetry::init(&settings.log_level, settings.log_format);
+            let libpq = &settings.database.libpq_variables_set;
+            if !libpq.is_empty() {
+                tracing::warn!(
+                    variables = libpq.join(","),
+                    "libpq variables set in the environment: PostgreSQL connections use them wherever DATABASE_URL or POSTGRES_* leave a value unset"
+                );
+            }
             run(settings)
         }
         Err(e) => {
@@ -176,7 +183,7 @@ async fn healthcheck() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match health::client::is_ready(port, Duration::from_secs(3)).await {
+    match http::ready_client::is_ready(port, Duration::from_secs(3)).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("not ready");

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::TokenKeys;
+use crate::auth::keys::cursor_keys;
 use crate::auth::password::Passwords;
 use crate::auth::revocation::Denylist;
 use crate::bulkhead::Bulkhead;
@@ -18,7 +19,6 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::{Database, MigrationError};
 use crate::health::Monitor;
-use crate::http::api::items::cursor;
 use crate::http::serve_metrics;
 use crate::lifecycle::{Lifecycle, Phase, StartupStep, StopSignal};
 use crate::metrics::Metrics;
@@ -84,9 +84,7 @@ impl Application {
             user_writes: Arc::new(crate::user_writes::UserWrites::new(
                 settings.overload.max_writes_per_user,
             )),
-            cursor_keys: Arc::new(
-                cursor::keys(&settings.auth).context("deriving the cursor keys")?,
-            ),
+            cursor_keys: Arc::new(cursor_keys(&settings.auth).context("deriving the cursor keys")?),
             settings: Arc::new(settings),
             db,
             cache,

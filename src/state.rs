@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use hmac::Hmac;
-use sha2::Sha256;
-
 use crate::auth::jwt::TokenKeys;
+use crate::auth::keys::CursorKeys;
 use crate::auth::password::Passwords;
 use crate::auth::revocation::Denylist;
 use crate::auth::throttle::LoginThrottle;
@@ -39,13 +37,6 @@ pub struct AppState {
     pub user_writes: Arc<UserWrites>,
     /// Sign and verify page cursors; derived from the JWT secrets once at start.
     pub cursor_keys: Arc<CursorKeys>,
-}
-
-/// The page cursors' MAC keys: one derived from `JWT_SECRET` signs and verifies, one from
-/// `JWT_SECRET_PREVIOUS` (during a rotation) only verifies, as for tokens.
-pub struct CursorKeys {
-    pub current: Hmac<Sha256>,
-    pub previous: Option<Hmac<Sha256>>,
 }
 
 impl AppState {

@@ -868,11 +868,22 @@ check_squawk() {
   return "$status"
 }
 
-# Every environment variable named in src/config.rs (and its modules) is in .env.example (the stack's
-# reference) and in the README's configuration table.
+# Every environment variable named in src/config/ is in .env.example (the stack's reference) and in
+# the README's configuration table; libpq's, which sqlx reads beneath the settings, are named in
+# the README's paragraph on them.
 check_documented_variables() {
-  local var missing=0
-  for var in $(grep -ohE '"[A-Z][A-Z0-9_]{2,}"' src/config.rs src/config/*.rs | tr -d '"' | sort -u); do
+  local var missing=0 libpq
+  libpq=$(sed -n '/LIBPQ_VARIABLES/,/];/p' src/config/database.rs | grep -oE '"PG[A-Z]+"' | tr -d '"')
+  for var in $libpq; do
+    if ! grep -qF "\`${var}\`" README.md; then
+      echo "$var (libpq's, read by sqlx) is not named in the README"
+      missing=1
+    fi
+  done
+  for var in $(grep -ohE '"[A-Z][A-Z0-9_]{2,}"' src/config/*.rs | tr -d '"' | sort -u); do
+    if grep -qxF "$var" <<<"$libpq"; then
+      continue
+    fi
     if ! grep -qE "^#?${var}=" .env.example; then
       echo "$var is read by the service but missing from .env.example"
       missing=1
@@ -887,6 +898,7 @@ check_documented_variables() {
 
 check_layers() {
   python3 infra/ci/check-layers.py src
+  python3 infra/ci/check-layers.py harness/src
 }
 
 check_shellcheck() {

@@ -11,11 +11,14 @@
 //!    tokens (and cursors) made with the old one;
 //! 3. after `JWT_EXPIRES_IN`, no old-key token is valid anyway: drop `JWT_SECRET_PREVIOUS`.
 
+use std::convert::Infallible;
+
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::keys::RotatingKeys;
 use crate::config::AuthSettings;
 
 pub const ISSUER: &str = "cartae-api";
@@ -50,9 +53,7 @@ pub struct Issued {
 /// each time was a measurable part of a cached item read.
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    /// `JWT_SECRET_PREVIOUS`: verifies only.
-    previous: Option<DecodingKey>,
+    decoding: RotatingKeys<DecodingKey>,
     validation: Validation,
     lifetime: chrono::Duration,
 }
@@ -65,13 +66,12 @@ impl TokenKeys {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
+        let Ok(decoding) = RotatingKeys::derive(settings, |secret| {
+            Ok::<_, Infallible>(DecodingKey::from_secret(secret))
+        });
         Self {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            previous: settings
-                .jwt_secret_previous
-                .as_ref()
-                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            decoding,
             validation,
             lifetime: chrono::Duration::from_std(settings.jwt_expires_in)
                 .unwrap_or_else(|_| chrono::Duration::hours(1)),
@@ -99,17 +99,10 @@ impl TokenKeys {
     /// Checks signature, algorithm, issuer, audience and expiry. Revocation is checked
     /// separately (it needs Redis or PostgreSQL).
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        let current = self.verify_with(&self.decoding, token);
-        match (&current, &self.previous) {
-            // Only a signature mismatch may be the other key's: an expired or malformed
-            // token is refused for what it is.
-            (Err(e), Some(previous))
-                if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) =>
-            {
-                self.verify_with(previous, token)
-            }
-            _ => current,
-        }
+        self.decoding.verify(
+            |key| self.verify_with(key, token),
+            |e| matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature),
+        )
     }
 
     fn verify_with(

@@ -3,6 +3,7 @@
 //! `crate::http::extract`.
 
 pub mod jwt;
+pub mod keys;
 pub mod password;
 pub mod revocation;
 pub mod throttle;

@@ -1,12 +1,15 @@
-//! PostgreSQL: the pool, the embedded migrations, and one way to time every query.
+//! PostgreSQL: the pool and one way to time every query; the embedded migrations
+//! ([`migrate`]) and what a failed query means ([`errors`]) beside it.
 //!
 //! SQL lives in this module's submodules, one small function per query, each run through
 //! [`Database::timed`] so that `database_latency_seconds{query_type}` and
 //! `db_query_errors_total{error_type}` cover every call.
 
 pub mod budget;
+mod errors;
 pub mod idempotency;
 pub mod items;
+mod migrate;
 pub mod primary;
 pub mod retention;
 pub mod revocations;
@@ -14,146 +17,18 @@ pub mod users;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::DatabaseSettings;
-use crate::error::Permanent;
-use crate::lifecycle::StartupStep;
 use crate::metrics::Metrics;
 use primary::Topology;
 
-/// The migrations, embedded in the binary so an image needs no SQL files beside it.
-///
-/// Migrations this binary does not know are ignored: a newer release may have applied
-/// them, and this one must still start on that schema (a rollback, or a replica of the
-/// older release restarting mid-rollout). Expand/contract keeps such a schema compatible;
-/// see docs/deployment.md. The lock is taken by [`Database::migrate`] itself, so that the
-/// wait is bounded and visible.
-pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator.set_locking(false);
-    migrator
-});
-
-/// How often a migration waiting for the lock tries again.
-const LOCK_POLL: Duration = Duration::from_millis(250);
-
-fn embedded_versions() -> Vec<i64> {
-    MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| m.version)
-        .collect()
-}
-
-/// The key of the advisory lock that sqlx's own migrator takes, so that this binary and
-/// any release still using sqlx's locking exclude each other.
-pub fn migration_lock_key(database_name: &str) -> i64 {
-    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    0x3d32ad9e * i64::from(CRC_IEEE.checksum(database_name.as_bytes()))
-}
-
-/// Why the migrations were not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrationError {
-    #[error("cannot reach PostgreSQL: {0}")]
-    Unreachable(sqlx::Error),
-    #[error(
-        "another session held the migration lock for more than {} s; \
-         is a long migration still running?",
-        .0.as_secs()
-    )]
-    LockTimeout(Duration),
-    #[error("{0}")]
-    NoPrimary(String),
-    #[error(transparent)]
-    Failed(#[from] MigrateError),
-}
-
-impl MigrationError {
-    /// Worth trying again: PostgreSQL unreachable, or a failure it may not repeat (a
-    /// deadlock, a restart). A migration that fails on its own SQL, a schema edited by
-    /// hand, or a lock never released will fail the same way every time.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            MigrationError::Unreachable(_) | MigrationError::NoPrimary(_) => true,
-            MigrationError::LockTimeout(_) => false,
-            MigrationError::Failed(
-                MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _),
-            ) => is_transient(e),
-            MigrationError::Failed(_) => false,
-        }
-    }
-}
-
-impl From<sqlx::Error> for MigrationError {
-    fn from(e: sqlx::Error) -> Self {
-        MigrationError::Failed(MigrateError::Execute(e))
-    }
-}
-
-/// The schema's migrations against this binary's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchemaVersions {
-    /// This binary's migrations that are not applied yet.
-    pub pending: Vec<i64>,
-    /// Applied migrations this binary does not know: a newer release's.
-    pub unknown: Vec<i64>,
-}
-
-impl SchemaVersions {
-    fn compare(applied: &[i64], embedded: &[i64]) -> Self {
-        Self {
-            pending: embedded
-                .iter()
-                .filter(|v| !applied.contains(v))
-                .copied()
-                .collect(),
-            unknown: applied
-                .iter()
-                .filter(|v| !embedded.contains(v))
-                .copied()
-                .collect(),
-        }
-    }
-}
-
-/// Takes the lock (polling, so the wait is bounded and a shutdown can cut it short), then
-/// applies what is missing. The lock is left to the session's end.
-async fn migrate_on(
-    conn: &mut PgConnection,
-    lock_timeout: Duration,
-    report: impl Fn(StartupStep),
-) -> Result<(), MigrationError> {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&mut *conn)
-        .await?;
-    let key = migration_lock_key(&database);
-    let deadline = Instant::now() + lock_timeout;
-    loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-        if locked {
-            break;
-        }
-        report(StartupStep::WaitingForMigrationLock);
-        if Instant::now() >= deadline {
-            return Err(MigrationError::LockTimeout(lock_timeout));
-        }
-        tokio::time::sleep(LOCK_POLL).await;
-    }
-    report(StartupStep::Migrating);
-    MIGRATOR.run_direct(&mut *conn).await?;
-    Ok(())
-}
+pub use errors::{describe, is_transient, permanent};
+pub use migrate::{migration_lock_key, MigrationError, SchemaVersions, MIGRATOR};
 
 /// The longest a denylist poll may wait for its connection, and then run.
 const FEED_TIMEOUT: Duration = Duration::from_secs(1);
@@ -450,58 +325,6 @@ impl Database {
         true
     }
 
-    /// Applies the embedded migrations on a connection of its own, never pooled, and closed
-    /// whatever the outcome: a migration may outlast the request deadline (so no
-    /// `statement_timeout`), and sqlx returns a failed migration's error with its session
-    /// lock still held. Closing the session is what releases that lock.
-    ///
-    /// `report` hears each step: waiting for the lock, then migrating.
-    pub async fn migrate(
-        &self,
-        lock_timeout: Duration,
-        report: impl Fn(StartupStep),
-    ) -> Result<(), MigrationError> {
-        // No `statement_timeout` on the migrations' connection, and on the primary.
-        if self.topology.follows() && self.topology.discover().await.is_none() {
-            return Err(MigrationError::NoPrimary(
-                self.no_primary()
-                    .unwrap_or_else(|| "no writable primary".to_owned()),
-            ));
-        }
-        let target = self.topology.current_target();
-        let connect = PgConnection::connect_with(&target);
-        let mut conn = tokio::time::timeout(self.pool.options().get_acquire_timeout(), connect)
-            .await
-            .map_err(|_| MigrationError::Unreachable(sqlx::Error::PoolTimedOut))?
-            .map_err(MigrationError::Unreachable)?;
-        let result = migrate_on(&mut conn, lock_timeout, report).await;
-        // A close that hangs is abandoned; dropping the connection then shuts the socket,
-        // which ends the session all the same.
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
-        result
-    }
-
-    /// Which migrations the schema has and this binary does not (a newer release applied
-    /// them), and which this binary has and the schema lacks.
-    pub async fn schema_versions(&self) -> Result<SchemaVersions, sqlx::Error> {
-        let applied = self
-            .timed(
-                "schema_versions",
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-                )
-                .fetch_all(&self.pool),
-            )
-            .await;
-        let applied = match applied {
-            Ok(applied) => applied,
-            // No table yet: nothing applied.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        Ok(SchemaVersions::compare(&applied, &embedded_versions()))
-    }
-
     /// Reads and remembers the server's version; a failure only leaves it unknown.
     pub async fn load_server_version(&self) {
         let version = self
@@ -592,81 +415,6 @@ fn evict_moved(options: PgPoolOptions, topology: &Arc<Topology>) -> PgPoolOption
     })
 }
 
-/// Whether a failed query may succeed if simply tried again, on this replica or another:
-/// the database is restarting or failing over, the pool or the server is full, the
-/// request's deadline cancelled the statement, or PostgreSQL chose this transaction as a
-/// deadlock or serialization victim. Clients get a 503 with `Retry-After` for these, never
-/// a 500, which is reserved for bugs.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed => true,
-        // A connection cut while it negotiates TLS: sqlx reads the missing answer to its
-        // SSLRequest as a zero byte and calls it a protocol error (found by the TLS drill).
-        sqlx::Error::Protocol(message) => {
-            message.starts_with("unexpected response from SSLRequest")
-        }
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 25006 read-only transaction (a standby: the
-            // primary moved); 40001 serialization failure, 40P01 deadlock;
-            // 53300 too many connections; 57014 statement timeout (our deadline);
-            // 57P01..57P03 admin/crash shutdown, cannot connect now (failover, restart).
-            code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "25006" | "40001" | "40P01" | "53300" | "57014" | "57P01" | "57P02" | "57P03"
-                )
-        }),
-        _ => false,
-    }
-}
-
-/// Whether a connection error needs the configuration or the server changed before a
-/// retry can succeed, and what to check. `None`: transient, or not a connection error.
-pub fn permanent(error: &sqlx::Error) -> Option<Permanent> {
-    const CA: &str = "PostgreSQL's TLS certificate does not verify: check the CA (sslrootcert or POSTGRES_SSLROOTCERT) and, with verify-full, the host name";
-    match error {
-        // Only ever raised when TLS is required and the server answers that it has none.
-        sqlx::Error::Tls(e) if e.to_string().contains("does not support TLS") => Some(Permanent {
-            kind: "tls_unavailable",
-            hint: "PostgreSQL refused TLS, which sslmode requires: enable ssl on the server, or lower sslmode",
-        }),
-        sqlx::Error::Tls(_) => Some(Permanent::tls(CA)),
-        sqlx::Error::Io(e) if crate::error::is_tls_failure(e) => Some(Permanent::tls(CA)),
-        sqlx::Error::Configuration(_) => Some(Permanent {
-            kind: "configuration",
-            hint: "the PostgreSQL connection settings are unusable",
-        }),
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("28P01") => Some(Permanent {
-                kind: "authentication",
-                hint: "PostgreSQL refused the password",
-            }),
-            // pg_hba.conf has no line for this host, user, database and encryption.
-            Some("28000") => Some(Permanent {
-                kind: "access_denied",
-                hint: "PostgreSQL refused the connection (pg_hba.conf): check the user, and whether the server requires TLS (sslmode)",
-            }),
-            Some("3D000") => Some(Permanent {
-                kind: "unknown_database",
-                hint: "the PostgreSQL database does not exist",
-            }),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The error, prefixed with what it means when it is permanent.
-pub fn describe(error: &sqlx::Error) -> String {
-    match permanent(error) {
-        Some(p) => p.describe(error),
-        None => error.to_string(),
-    }
-}
-
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PoolStats {
     pub size: i64,
@@ -674,40 +422,4 @@ pub struct PoolStats {
     pub idle: i64,
     pub waiting: i64,
     pub max: i64,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_newer_schema_has_unknown_versions_and_an_older_one_pending_ones() {
-        let embedded = [1, 2];
-        assert_eq!(
-            SchemaVersions::compare(&[1, 2, 3], &embedded),
-            SchemaVersions {
-                pending: vec![],
-                unknown: vec![3]
-            }
-        );
-        assert_eq!(
-            SchemaVersions::compare(&[1], &embedded),
-            SchemaVersions {
-                pending: vec![2],
-                unknown: vec![]
-            }
-        );
-    }
-
-    #[test]
-    fn a_connection_cut_during_tls_negotiation_is_transient() {
-        let cut = sqlx::Error::Protocol(
-            "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
-        );
-        assert!(is_transient(&cut));
-        assert!(permanent(&cut).is_none());
-        assert!(!is_transient(&sqlx::Error::Protocol(
-            "unknown message type".into()
-        )));
-    }
 }

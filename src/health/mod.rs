@@ -7,7 +7,6 @@
 //! check at the timeout instead of hanging the probe.
 
 pub mod checks;
-pub mod client;
 pub mod monitor;
 
 pub use monitor::{HealthHandle, Monitor};

@@ -12,9 +12,11 @@ pub mod error;
 pub mod extract;
 pub mod metrics_port;
 pub mod probes;
+pub mod ready_client;
 mod receive;
 pub mod request_id;
 mod server;
+mod track_requests;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -23,7 +25,6 @@ use tower::{Layer, ServiceBuilder};
 pub use error::{ApiError, ApiResult, ErrorBody};
 pub use metrics_port::serve_metrics;
 
-use crate::metrics::TrackRequestsLayer;
 use crate::state::AppState;
 pub use admission::Admission;
 use admission::AdmissionLayer;
@@ -31,6 +32,7 @@ use context::RequestContextLayer;
 pub use receive::ReceiveBody;
 use receive::ReceiveBodyLayer;
 pub use server::serve_api;
+use track_requests::TrackRequestsLayer;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 1024 * 1024;

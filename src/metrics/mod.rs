@@ -4,9 +4,9 @@
 //! instances can live in one process (the tests start many) without clashing. Every series
 //! carries the `instance` label, as in the seed, so the cluster can be read at a glance.
 
-mod middleware;
+mod requests;
 
-pub use middleware::TrackRequestsLayer;
+pub use requests::method_label;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -35,7 +35,7 @@ pub struct Metrics {
     pub active_connections: IntGauge,
     pub request_duration: HistogramVec,
     /// The children of the two vectors above, resolved once per (route, method, status).
-    request_series: middleware::RequestSeries,
+    request_series: requests::RequestSeries,
     pub instance_health: Gauge,
     pub health_check_duration: HistogramVec,
     pub health_check_failures: IntCounterVec,
@@ -268,7 +268,7 @@ impl Metrics {
             request_distribution,
             active_connections,
             request_duration,
-            request_series: middleware::RequestSeries::default(),
+            request_series: requests::RequestSeries::default(),
             instance_health,
             health_check_duration,
             health_check_failures,

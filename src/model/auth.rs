@@ -7,12 +7,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::check_text;
+use super::limits::{EMAIL_MAX, PASSWORD_MAX, PASSWORD_MIN};
 use crate::error::FieldError;
-
-pub const EMAIL_MAX: usize = 254;
-pub const PASSWORD_MIN: usize = 8;
-/// Argon2 takes any length, but hashing megabytes per login attempt is a cheap attack.
-pub const PASSWORD_MAX: usize = 128;
 
 /// Passwords of 8 characters or more that lead every leaked-password list: the first ones
 /// any guesser tries, so the throttle's five free failures would be enough. Compared

@@ -8,23 +8,17 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::check_text;
-use super::schema;
-pub use super::schema::SourcedItem;
-use crate::error::FieldError;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema};
+use utoipa::openapi::RefOr;
+use utoipa::PartialSchema;
 
-pub const TITLE_MAX: usize = 500;
-/// The body limit (1 MiB) bounds content anyway; this keeps one item well under it so a
-/// batch can still carry several.
-pub const CONTENT_MAX: usize = 100_000;
-pub const TAGS_MAX: usize = 50;
-pub const TAG_MAX: usize = 64;
-pub const SOURCE_FIELD_MAX: usize = 256;
-pub const URL_MAX: usize = 2048;
-pub const BATCH_MAX: usize = 1000;
-/// `metadata` as compact JSON, in bytes. Bounded by the body limit alone, one user's items
-/// made list pages of tens of megabytes, and several times that in memory to build them.
-pub const METADATA_MAX_BYTES: usize = 16 * 1024;
+use super::check_text;
+use super::limits::{
+    BATCH_MAX, CONTENT_MAX, METADATA_MAX_BYTES, SOURCE_FIELD_MAX, TAGS_MAX, TAG_MAX, TITLE_MAX,
+    URL_MAX,
+};
+use super::schema;
+use crate::error::FieldError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -164,7 +158,7 @@ pub struct NewItem {
 #[schema(min_properties = 1)]
 pub struct ItemPatch {
     #[serde(rename = "type")]
-    #[schema(schema_with = schema::item_type)]
+    #[schema(schema_with = item_type_ref)]
     pub kind: Option<ItemType>,
     #[schema(schema_with = schema::title)]
     pub title: Option<String>,
@@ -174,7 +168,7 @@ pub struct ItemPatch {
     pub tags: Option<Vec<String>>,
     #[schema(schema_with = schema::metadata)]
     pub metadata: Option<Map<String, Value>>,
-    #[schema(schema_with = schema::source)]
+    #[schema(schema_with = source_ref)]
     pub source: Option<Source>,
     #[schema(schema_with = schema::boolean)]
     pub archived: Option<bool>,
@@ -379,4 +373,38 @@ fn source_key(item: &NewItem) -> Option<(&str, &str)> {
     item.source
         .as_ref()
         .map(|s| (s.connector.as_str(), s.source_id.as_str()))
+}
+
+/// For the fields of a PATCH, where `null` is not offered (see `ItemPatch`).
+fn item_type_ref() -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(ItemType::name()))
+}
+
+fn source_ref() -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(Source::name()))
+}
+
+/// A [`NewItem`] with a `source` (not null): the body of an upsert, and each batch item.
+pub struct SourcedItem;
+
+impl PartialSchema for SourcedItem {
+    fn schema() -> RefOr<Schema> {
+        let with_source = ObjectBuilder::new()
+            .property("source", source_ref())
+            .required("source");
+        AllOfBuilder::new()
+            .item(RefOr::Ref(Ref::from_schema_name(NewItem::name())))
+            .item(with_source)
+            .description(Some(
+                "An item with a source: upserts are keyed by (connector, sourceId)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for SourcedItem {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((NewItem::name().into(), NewItem::schema()));
+        NewItem::schemas(schemas);
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod item;
+pub mod limits;
 pub mod schema;
 
 use crate::error::FieldError;

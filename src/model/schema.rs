@@ -6,15 +6,14 @@
 
 use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::schema::{
-    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, Ref,
-    Schema, SchemaType, Type,
+    AdditionalProperties, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, Ref, Schema,
+    SchemaType, Type,
 };
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::auth::EMAIL_MAX;
-use super::item::{
-    ItemType, NewItem, Source, CONTENT_MAX, SOURCE_FIELD_MAX, TAGS_MAX, TAG_MAX, TITLE_MAX, URL_MAX,
+use super::limits::{
+    CONTENT_MAX, EMAIL_MAX, SOURCE_FIELD_MAX, TAGS_MAX, TAG_MAX, TITLE_MAX, URL_MAX,
 };
 
 /// The characters `char::is_whitespace` (and so `str::trim`) takes for white space: Unicode's
@@ -56,15 +55,6 @@ pub fn email() -> Object {
             r"^[{WHITE}]*[^@\u0000{WHITE}]+@[^\u0000{WHITE}]*\.[^\u0000{WHITE}]*[{WHITE}]*$"
         )))
         .build()
-}
-
-/// For the fields of a PATCH, where `null` is not offered (see `ItemPatch`).
-pub fn item_type() -> RefOr<Schema> {
-    RefOr::Ref(Ref::from_schema_name(ItemType::name()))
-}
-
-pub fn source() -> RefOr<Schema> {
-    RefOr::Ref(Ref::from_schema_name(Source::name()))
 }
 
 pub fn boolean() -> Object {
@@ -135,7 +125,7 @@ pub fn metadata() -> Object {
         // for machines (the contract test validates with it).
         .extensions(Some(
             ExtensionsBuilder::new()
-                .add("x-max-bytes", super::item::METADATA_MAX_BYTES)
+                .add("x-max-bytes", super::limits::METADATA_MAX_BYTES)
                 .build(),
         ))
         .build()
@@ -175,28 +165,3 @@ impl PartialSchema for JsonValue {
 }
 
 impl ToSchema for JsonValue {}
-
-/// A [`NewItem`] with a `source` (not null): the body of an upsert, and each batch item.
-pub struct SourcedItem;
-
-impl PartialSchema for SourcedItem {
-    fn schema() -> RefOr<Schema> {
-        let with_source = ObjectBuilder::new()
-            .property("source", source())
-            .required("source");
-        AllOfBuilder::new()
-            .item(RefOr::Ref(Ref::from_schema_name(NewItem::name())))
-            .item(with_source)
-            .description(Some(
-                "An item with a source: upserts are keyed by (connector, sourceId)",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for SourcedItem {
-    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push((NewItem::name().into(), NewItem::schema()));
-        NewItem::schemas(schemas);
-    }
-}

@@ -1,3 +1,5 @@
+//! (Long: one test per promise of the auth API, read as its specification.)
+//!
 //! Registration, login, tokens and revocation, including across replicas and through a
 //! Redis outage.
 

@@ -1,3 +1,5 @@
+//! (Long: the probes of every body and parameter of the document, kept in one place.)
+//!
 //! The OpenAPI document against what the service really accepts and answers.
 //!
 //! - Bodies: every field of a valid body is replaced in turn by probe values (boundary

@@ -7,46 +7,22 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::DateTime;
-use hmac::digest::InvalidLength;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use uuid::Uuid;
 
-use crate::config::AuthSettings;
+use crate::auth::keys::{CursorKey, CursorKeys};
 use crate::db::items::Position;
-use crate::state::CursorKeys;
-
-/// The MAC of cursors, keyed once at start (see [`key`]); cloned per use.
-pub type CursorKey = Hmac<Sha256>;
 
 const VERSION: &str = "v2";
-/// Separates the cursor key from every other use of `JWT_SECRET` (token signatures).
-const KEY_LABEL: &[u8] = b"cartae-database-api/items-cursor/v2";
 /// A truncated tag: 128 bits is far beyond guessing online, and keeps cursors short.
 const TAG_LEN: usize = 16;
 /// Far longer than any cursor this module makes; longer input is not decoded at all.
 const MAX_LEN: usize = 128;
 
-/// The cursor keys of `JWT_SECRET` and, during a rotation, of `JWT_SECRET_PREVIOUS`.
-pub fn keys(auth: &AuthSettings) -> Result<CursorKeys, InvalidLength> {
-    let previous = auth.jwt_secret_previous.as_ref();
-    Ok(CursorKeys {
-        current: key(auth.jwt_secret.expose().as_bytes())?,
-        previous: previous.map(|s| key(s.expose().as_bytes())).transpose()?,
-    })
-}
-
 /// A cursor made with either key: one made before a rotation still pages on.
 pub fn decode_any(keys: &CursorKeys, cursor: &str) -> Option<Position> {
-    decode(&keys.current, cursor).or_else(|| decode(keys.previous.as_ref()?, cursor))
-}
-
-/// Derives the cursor key from the shared secret: every replica derives the same one, and
-/// changing the secret invalidates outstanding cursors.
-pub fn key(secret: &[u8]) -> Result<CursorKey, InvalidLength> {
-    let mut derive = CursorKey::new_from_slice(secret)?;
-    derive.update(KEY_LABEL);
-    CursorKey::new_from_slice(&derive.finalize().into_bytes())
+    keys.verify(|key| decode(key, cursor).ok_or(()), |_| true)
+        .ok()
 }
 
 pub fn encode(key: &CursorKey, position: Position) -> String {
@@ -88,6 +64,7 @@ pub fn decode(key: &CursorKey, cursor: &str) -> Option<Position> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::cursor_key;
 
     fn position() -> Position {
         Position {
@@ -98,7 +75,7 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_garbage_does_not_decode() {
-        let key = key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
+        let key = cursor_key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
         let position = position();
         assert_eq!(decode(&key, &encode(&key, position)), Some(position));
         for bad in [
@@ -115,14 +92,14 @@ mod tests {
 
     #[test]
     fn a_well_formed_cursor_without_the_right_tag_does_not_decode() {
-        let key = key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
+        let key = cursor_key(b"a-secret-a-secret-a-secret-a-secret").unwrap();
         let position = position();
         let payload = format!("{VERSION}:{}:{}", 1_764_000_000_123_456i64, position.id);
         // No tag, a zero tag, and the tag of another secret.
         let mut zero_tag = payload.clone().into_bytes();
         zero_tag.extend_from_slice(&[0; TAG_LEN]);
         let other = encode(
-            &super::key(b"another-secret-another-secret-0000").unwrap(),
+            &cursor_key(b"another-secret-another-secret-0000").unwrap(),
             position,
         );
         for forged in [

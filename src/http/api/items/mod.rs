@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
 use super::responses::{AuthErrors, BodyErrors, ParamErrors, ServerErrors};
+use crate::auth::keys::CursorKeys;
 use crate::cache;
 use crate::db::items::{self, ListFilter, Position};
 use crate::error::FieldError;
@@ -26,8 +27,9 @@ use crate::http::error::validated;
 use crate::http::extract::AuthUser;
 use crate::http::extract::{Id, IdempotencyKey, IfMatch, Json, Query};
 use crate::http::{ApiError, ApiResult, ErrorBody};
-use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, SourcedItem, TAG_MAX};
-use crate::state::{AppState, CursorKeys};
+use crate::model::item::{Batch, Item, ItemPatch, ItemType, NewItem, SourcedItem};
+use crate::model::limits::TAG_MAX;
+use crate::state::AppState;
 
 pub const LIMIT_DEFAULT: i64 = 20;
 pub const LIMIT_MAX: i64 = 100;
@@ -279,7 +281,7 @@ pub struct ListParams {
 #[serde(rename_all = "camelCase")]
 pub struct ItemPage {
     pub items: Vec<Item>,
-    /// Absent on the last page.
+    /// `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
