@@ -20,10 +20,13 @@
 //!   tests where Sentinel fails Redis over.
 //! - [`engine`]: a real Docker engine: the image built from the shipped Dockerfile and the
 //!   shipped compose stack, which [`scenarios::engine`] drills.
+//! - [`alertmanager`]: a real Alertmanager with the shipped configuration, and the webhook
+//!   receiver its alerts reach in the tests.
 //! - [`scenarios`]: the drill itself, one module per promise, and [`report`] its table.
 //! - [`bench`]: the benchmark suite (`src/bin/bench.rs`), a module per section of
 //!   `BENCHMARKS.md`; [`floor`]: the floor server its probe figures compare with.
 
+pub mod alertmanager;
 pub mod balancer;
 pub mod bench;
 pub mod cluster;

@@ -108,3 +108,16 @@ where
         tokio::time::sleep(every).await;
     }
 }
+
+/// Waits until `url` answers 200 (a server's readiness endpoint), or `within` passes.
+pub async fn wait_ready(url: &str, within: Duration) -> bool {
+    let client = reqwest::Client::new();
+    wait_until(within, || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}

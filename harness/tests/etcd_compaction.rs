@@ -76,13 +76,9 @@ async fn start(etcd_args: &[&str]) -> PatroniCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_compaction_bounds_etcd_under_patroni() {
     let client = reqwest::Client::new();
-    let (plain, compacted) = tokio::join!(
-        start(&[]),
-        start(&[
-            "--auto-compaction-mode=periodic",
-            &format!("--auto-compaction-retention={RETENTION}"),
-        ]),
-    );
+    let retention = format!("--auto-compaction-retention={RETENTION}");
+    let compaction = ["--auto-compaction-mode=periodic", retention.as_str()];
+    let (plain, compacted) = tokio::join!(start(&[]), start(&compaction));
     let before = (
         etcd_db(&client, &plain).await.expect("etcd metrics"),
         etcd_db(&client, &compacted).await.expect("etcd metrics"),
@@ -118,9 +114,11 @@ async fn auto_compaction_bounds_etcd_under_patroni() {
         written >= 100.0,
         "Patroni wrote only {written} revisions in {RUN:?}"
     );
-    assert_eq!(
-        plain_after.compacted_to, 0.0,
-        "etcd without the flag compacted"
+    // etcd 3.4 reports -1 until its first compaction.
+    assert!(
+        plain_after.compacted_to <= 0.0,
+        "etcd without the flag compacted to {}",
+        plain_after.compacted_to
     );
     // The compacted etcd keeps about RETENTION of history: its last compaction is recent.
     assert!(
@@ -129,11 +127,12 @@ async fn auto_compaction_bounds_etcd_under_patroni() {
         compacted_after.revision - compacted_after.compacted_to,
         compacted_after.revision
     );
-    // The space in use: every revision kept against about RETENTION of them.
+    // The space in use over the run: every revision kept, against about RETENTION of
+    // them (bbolt counts whole 4 KiB pages, hence a ratio rather than zero growth).
+    let plain_growth = plain_after.in_use_bytes - before.0.in_use_bytes;
+    let compacted_growth = compacted_after.in_use_bytes - before.1.in_use_bytes;
     assert!(
-        compacted_after.in_use_bytes * 2.0 < plain_after.in_use_bytes,
-        "in use: {} bytes compacted, {} bytes not",
-        compacted_after.in_use_bytes,
-        plain_after.in_use_bytes
+        compacted_growth * 2.0 < plain_growth,
+        "in use grew {compacted_growth} bytes compacted, {plain_growth} bytes not"
     );
 }
