@@ -8,7 +8,9 @@
 //! Only timings are shortened: scrapes and evaluations every second, each rule's `for:`
 //! 5 s, Alertmanager's grouping waits 1 s. Shown, in order: the Watchdog heartbeat arrives
 //! at the `heartbeat` receiver; the failing archive fires PostgresArchiveFailing at
-//! `oncall`; killing the synchronous standby fires PostgresSyncStandbyMissing at `oncall`.
+//! `oncall`; the data-tier dashboard's queries return data (those of Redis and the node
+//! exporter aside, not run here); killing the synchronous standby fires
+//! PostgresSyncStandbyMissing at `oncall`.
 //!
 //! Needs patroni, etcd, prometheus, prometheus-alertmanager and
 //! prometheus-postgres-exporter (scripts/test-all.sh installs them). About a minute.
@@ -119,11 +121,34 @@ async fn run(
     let prometheus =
         Prometheus::start_shipped(&targets, &rules_with_short_for()?, &dir.join("prometheus"))
             .await?;
-    let outcome = alerts_arrive(tier, primary, standby, webhook).await;
+    let outcome = alerts_arrive(tier, primary, standby, webhook, &prometheus).await;
     if outcome.is_err() {
         println!("prometheus log:\n{}", prometheus.logs());
     }
     outcome
+}
+
+/// The data-tier dashboard's queries whose metrics this test has (no Redis, no node
+/// exporter here): each must return data from the real tier.
+async fn data_tier_panels_have_data(prometheus: &Prometheus) -> anyhow::Result<()> {
+    let path = cartae_harness::repo_root().join("infra/grafana/dashboards/cartae-data-tier.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let client = reqwest::Client::new();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            if expr.contains("redis_") || expr.contains("node_filesystem") {
+                continue;
+            }
+            if prometheus.query(&client, expr).await?.is_empty() {
+                bail!("panel {}: no data for {expr}", panel["title"]);
+            }
+            checked += 1;
+        }
+    }
+    println!("{checked} data-tier panel queries return data");
+    Ok(())
 }
 
 async fn alerts_arrive(
@@ -131,6 +156,7 @@ async fn alerts_arrive(
     primary: usize,
     standby: usize,
     webhook: &Webhook,
+    prometheus: &Prometheus,
 ) -> anyhow::Result<()> {
     if !webhook
         .wait_for("heartbeat", "Watchdog", ARRIVES_WITHIN)
@@ -154,6 +180,8 @@ async fn alerts_arrive(
         bail!("PostgresArchiveFailing never reached oncall");
     }
     println!("PostgresArchiveFailing arrived at oncall");
+
+    data_tier_panels_have_data(prometheus).await?;
 
     // While the standby runs, the sync-standby alert must not have been sent.
     let early = webhook
