@@ -40,6 +40,10 @@ command -v pgbackrest >/dev/null || apt_install pgbackrest
 # The PostgreSQL failover drill (harness/tests/pg_failover.rs): Patroni over etcd.
 command -v patroni >/dev/null || apt_install patroni
 command -v etcd >/dev/null || apt_install etcd-server
+# The alerting test (harness/tests/alerting.rs): a real Alertmanager, and the
+# postgres-exporter whose pg_stat_archiver series fire PostgresArchiveFailing.
+command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
+command -v prometheus-postgres-exporter >/dev/null || apt_install prometheus-postgres-exporter
 # The migration linter that infra/ci/check-infra.sh runs on migrations/.
 command -v squawk >/dev/null || python3 -m pip install -q --disable-pip-version-check squawk-cli
 

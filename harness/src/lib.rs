@@ -12,7 +12,8 @@
 //! 2. What routes to the replicas or watches them.
 //!    - [`balancer`]: real Traefik with the shipped dynamic configuration, or real HAProxy
 //!      with the shipped configuration, only the server addresses and timings rewritten.
-//!    - [`prometheus`]: a real Prometheus with the shipped rules.
+//!    - [`prometheus`]: a real Prometheus with the shipped rules; [`alertmanager`]: a real
+//!      Alertmanager with the shipped configuration, and the webhook its alerts reach.
 //!    - [`dns`]: a real DNS server (dnsmasq) publishing the replicas under the compose
 //!      service's name, for the drills that discover them as the stack does.
 //!    - [`engine`]: a real Docker engine: the image built from the shipped Dockerfile and
@@ -30,6 +31,7 @@
 //!    - [`process`]: child processes stopped by their PID, whatever happens.
 //!    - [`floor`]: the floor server the benchmarks' probe figures compare with.
 
+pub mod alertmanager;
 pub mod balancer;
 pub mod bench;
 pub mod cluster;

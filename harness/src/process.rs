@@ -121,3 +121,16 @@ pub fn require_program(name: &str, install: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Waits until `url` answers 200 (a server's readiness endpoint), or `within` passes.
+pub async fn wait_ready(url: &str, within: Duration) -> bool {
+    let client = reqwest::Client::new();
+    wait_until(within, || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}

@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use crate::balancer::Balancer;
 use crate::cluster::Cluster;
-use crate::process::require_program;
-use crate::process::{free_port, send_signal, wait_until, ManagedChild};
+use crate::process::{free_port, require_program, send_signal, wait_ready, ManagedChild};
 
 pub struct Prometheus {
     pub port: u16,
@@ -46,6 +45,11 @@ const DNS_DISCOVERY: &str = "    dns_sd_configs:
         port: 9090
         refresh_interval: 10s
 ";
+
+/// The first scrape job that only the compose stack has targets for (Alertmanager, the
+/// data tier): the drills that run the replicas alone cut the shipped file here, so that
+/// their rules see no target down. [`Prometheus::start_shipped`] keeps them.
+const STACK_ONLY_JOBS: &str = "  - job_name: alertmanager\n";
 
 /// Where compose's prometheus service writes the desired replica count.
 const DESIRED_RULES: &str = "/prometheus/desired-*.yml";
@@ -113,6 +117,10 @@ fn on_loopback(
     own_port: u16,
     desired: &Path,
 ) -> anyhow::Result<String> {
+    let cut = text
+        .find(STACK_ONLY_JOBS)
+        .context("no stack-only scrape jobs")?;
+    text.truncate(cut);
     text = rewrite(&text, DESIRED_RULES, &desired.display().to_string())?;
     text = rewrite(
         &text,
@@ -120,6 +128,11 @@ fn on_loopback(
         &format!("127.0.0.1:{}", balancer.metrics_port),
     )?;
     text = rewrite(&text, "localhost:9090", &format!("127.0.0.1:{own_port}"))?;
+    Ok(every_second(text))
+}
+
+/// Every scrape and evaluation interval of `text` made one second.
+fn every_second(mut text: String) -> String {
     for interval in [
         "scrape_interval: 15s",
         "scrape_interval: 10s",
@@ -128,7 +141,7 @@ fn on_loopback(
         let (key, _) = interval.split_once(':').unwrap_or_default();
         text = text.replace(interval, &format!("{key}: 1s"));
     }
-    Ok(text)
+    text
 }
 
 /// Writes the desired count's rules file in `dir`; returns its path.
@@ -188,6 +201,32 @@ impl Prometheus {
         Self::launch(command, &config, port, dir).await
     }
 
+    /// Prometheus with the whole shipped `prometheus.yml`, every job kept (the data tier's
+    /// and Alertmanager's included), each `(from, to)` of `targets` rewritten (a stack
+    /// host name to a loopback address; each must be in the file), scraping and
+    /// evaluating every second and resending firing alerts every 2 s, with `rules` as its
+    /// `alerts.yml`. Targets left as stack
+    /// names do not resolve here and are simply down.
+    pub async fn start_shipped(
+        targets: &[(&str, String)],
+        rules: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port();
+        let mut text = shipped_config()?;
+        for (from, to) in targets {
+            text = rewrite(&text, from, to)?;
+        }
+        text = rewrite(&text, "localhost:9090", &format!("127.0.0.1:{port}"))?;
+        let config = every_second(text);
+        // Alerts evaluated before the Alertmanager is discovered (a few seconds) are
+        // dropped, and only sent again after this delay (1 m by default).
+        let mut command = Command::new("prometheus");
+        command.arg("--rules.alert.resend-delay=2s");
+        Self::launch_with(command, &config, rules, port, dir).await
+    }
+
     /// Changes the desired replica count and has Prometheus load it (SIGHUP), as
     /// restarting compose's prometheus service with a new CARTAE_REPLICAS does.
     pub fn set_desired(&self, dir: &Path, replicas: usize) -> anyhow::Result<()> {
@@ -198,15 +237,20 @@ impl Prometheus {
         Ok(())
     }
 
-    async fn launch(
+    async fn launch(command: Command, config: &str, port: u16, dir: &Path) -> anyhow::Result<Self> {
+        Self::launch_with(command, config, &alert_rules()?, port, dir).await
+    }
+
+    async fn launch_with(
         mut command: Command,
         config: &str,
+        rules: &str,
         port: u16,
         dir: &Path,
     ) -> anyhow::Result<Self> {
         require_program("prometheus", "apt-get install prometheus")?;
         std::fs::write(dir.join("prometheus.yml"), config)?;
-        std::fs::write(dir.join("alerts.yml"), alert_rules()?)?;
+        std::fs::write(dir.join("alerts.yml"), rules)?;
         command
             .arg(format!(
                 "--config.file={}",
@@ -219,17 +263,8 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let child = ManagedChild::spawn("prometheus", command, dir.join("prometheus.log"))?;
         let prometheus = Self { port, child };
-        let client = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/-/ready");
-        if !wait_until(Duration::from_secs(30), || async {
-            client
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await
-        {
+        if !wait_ready(&url, Duration::from_secs(30)).await {
             bail!(
                 "prometheus did not become ready:\n{}",
                 prometheus.child.logs()

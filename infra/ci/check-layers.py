@@ -34,7 +34,7 @@ SERVICE_LAYERS = [
 ]
 HARNESS_LAYERS = [
     ["scenarios", "bench", "bin"],
-    ["balancer", "prometheus", "dns", "engine"],
+    ["balancer", "prometheus", "alertmanager", "dns", "engine"],
     ["cluster"],
     ["tier", "proxy", "database", "process", "load", "report", "floor"],
 ]

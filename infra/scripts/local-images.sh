@@ -10,7 +10,8 @@
 #
 # Where a stand-in is the version the files name, it carries that exact reference. Where
 # Debian has another version (PostgreSQL 15, not 16; etcd 3.4, not 3.5; Redis 7.0 on
-# Debian, not Alpine; Prometheus 2.42, not 2.55), it carries a cartae-local/ name and the
+# Debian, not Alpine; Prometheus 2.42, not 2.55; Alertmanager 0.25, postgres-exporter
+# 0.11, redis-exporter 1.45, node-exporter 1.5), it carries a cartae-local/ name and the
 # compose file takes it through a variable, printed by --env: no tag lies about what it
 # holds. The README ("Images made on this machine") lists them.
 #
@@ -37,6 +38,10 @@ print_env() {
 CARTAE_ETCD_IMAGE=cartae-local/etcd:3.4
 CARTAE_REDIS_IMAGE=cartae-local/redis:7.0-bookworm
 CARTAE_PROMETHEUS_IMAGE=cartae-local/prometheus:2.42
+CARTAE_ALERTMANAGER_IMAGE=cartae-local/alertmanager:0.25
+CARTAE_POSTGRES_EXPORTER_IMAGE=cartae-local/postgres-exporter:0.11
+CARTAE_REDIS_EXPORTER_IMAGE=cartae-local/redis-exporter:1.45
+CARTAE_NODE_EXPORTER_IMAGE=cartae-local/node-exporter:1.5
 CARTAE_PG_MAJOR=15
 CARTAE_PATRONI_IMAGE=cartae-patroni:15
 EOF
@@ -142,6 +147,10 @@ upstream postgres:15-bookworm postgres.Dockerfile --build-arg PG_MAJOR=15
 standin cartae-local/etcd:3.4 etcd.Dockerfile
 standin cartae-local/redis:7.0-bookworm redis.Dockerfile
 standin cartae-local/prometheus:2.42 prometheus.Dockerfile
+standin cartae-local/alertmanager:0.25 alertmanager.Dockerfile
+standin cartae-local/postgres-exporter:0.11 postgres-exporter.Dockerfile
+standin cartae-local/redis-exporter:1.45 redis-exporter.Dockerfile
+standin cartae-local/node-exporter:1.5 node-exporter.Dockerfile
 upstream haproxy:2.6-bookworm haproxy.Dockerfile
 traefik_image
 # Ours, not a stand-in: the PostgreSQL nodes' image, on the PostgreSQL above.

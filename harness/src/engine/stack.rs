@@ -61,7 +61,8 @@ impl Stack {
              PATRONI_RESTAPI_PASSWORD={}\nREDIS_PASSWORD={}\nREDIS_SENTINEL_PASSWORD={}\n\
              JWT_SECRET={}\nGRAFANA_ADMIN_PASSWORD={}\nCARTAE_API_IMAGE={image}\n\
              TRAEFIK_HTTP_PORT=127.0.0.1:{http_port}\nTRAEFIK_HTTPS_PORT=127.0.0.1:{https_port}\n\
-             PROMETHEUS_BIND=127.0.0.1\nPROMETHEUS_PORT={prometheus_port}\n{}",
+             PROMETHEUS_BIND=127.0.0.1\nPROMETHEUS_PORT={prometheus_port}\n\
+             ALERTMANAGER_PORT={}\n{}",
             secret(),
             secret(),
             secret(),
@@ -70,6 +71,8 @@ impl Stack {
             secret(),
             secret(),
             secret(),
+            // Prometheus' dependency since issue 30; its UI port must not collide either.
+            free_port(),
             local_image_variables()?
         );
         let env_file = dir.join("stack.env");

@@ -111,10 +111,21 @@ pub struct Topology {
     pub members: Vec<String>,
 }
 
+/// What a test may change in the data tier: more etcd flags (its compaction), and more
+/// PostgreSQL parameters (a failing `archive_command`). `Default` is the failover drill's tier.
+#[derive(Debug, Clone, Default)]
+pub struct TierOptions {
+    pub etcd_args: Vec<String>,
+    /// `name: value` lines, put under each node's `postgresql.parameters`.
+    pub pg_parameters: Vec<(String, String)>,
+}
+
 pub struct PatroniCluster {
     pub dir: PathBuf,
     pub scope: String,
     pub nodes: Vec<PgNode>,
+    /// etcd's client URL (its `/metrics` and `/health` are under it).
+    pub etcd_url: String,
     etcd: ManagedChild,
     owner: PgAccount,
     /// The installed PostgreSQL's binaries, which Patroni runs.
@@ -127,6 +138,11 @@ impl PatroniCluster {
     /// etcd, then the first node (it bootstraps and leads), then the second (it clones the
     /// first with pg_basebackup); returns once a leader and a synchronous standby exist.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(TierOptions::default()).await
+    }
+
+    /// As [`PatroniCluster::start`], with `options`.
+    pub async fn start_with(options: TierOptions) -> anyhow::Result<Self> {
         require_program("patroni", "apt-get install patroni")?;
         require_program("etcd", "apt-get install etcd-server")?;
         let bin = postgres_bin()?;
@@ -144,7 +160,7 @@ impl PatroniCluster {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         let etcd_port = free_port();
-        let etcd = start_etcd(&owner, &dir, etcd_port)?;
+        let etcd = start_etcd(&owner, &dir, etcd_port, &options.etcd_args)?;
         let nodes = ["n1", "n2"]
             .iter()
             .map(|name| PgNode {
@@ -159,6 +175,7 @@ impl PatroniCluster {
             dir,
             scope,
             nodes,
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             etcd,
             owner,
             bin,
@@ -176,7 +193,7 @@ impl PatroniCluster {
             bail!("etcd did not answer:\n{}", cluster.etcd.logs());
         }
         for i in 0..cluster.nodes.len() {
-            cluster.write_config(i, etcd_port)?;
+            cluster.write_config(i, etcd_port, &options.pg_parameters)?;
         }
         cluster.restart(0)?;
         if !wait_until(Duration::from_secs(60), || cluster.is_primary(0)).await {
@@ -192,9 +209,17 @@ impl PatroniCluster {
         Ok(cluster)
     }
 
-    fn write_config(&self, index: usize, etcd_port: u16) -> anyhow::Result<()> {
+    fn write_config(
+        &self,
+        index: usize,
+        etcd_port: u16,
+        parameters: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let node = &self.nodes[index];
-        let config = patroni_config(&self.scope, node, &self.bin, etcd_port);
+        let mut config = patroni_config(&self.scope, node, &self.bin, etcd_port);
+        for (name, value) in parameters {
+            config.push_str(&format!("    {name}: {value:?}\n"));
+        }
         let path = node.dir.join("patroni.yml");
         std::fs::write(&path, config)?;
         self.owner.own(&path)
@@ -373,7 +398,12 @@ fn now_ms() -> u128 {
         .unwrap_or_default()
 }
 
-fn start_etcd(owner: &PgAccount, dir: &Path, client_port: u16) -> anyhow::Result<ManagedChild> {
+fn start_etcd(
+    owner: &PgAccount,
+    dir: &Path,
+    client_port: u16,
+    extra: &[String],
+) -> anyhow::Result<ManagedChild> {
     let peer = format!("http://127.0.0.1:{}", free_port());
     let client = format!("http://127.0.0.1:{client_port}");
     let mut command = owner.command("etcd");
@@ -384,7 +414,8 @@ fn start_etcd(owner: &PgAccount, dir: &Path, client_port: u16) -> anyhow::Result
         .args(["--advertise-client-urls", &client])
         .args(["--listen-peer-urls", &peer])
         .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("etcd={peer}")]);
+        .args(["--initial-cluster", &format!("etcd={peer}")])
+        .args(extra);
     ManagedChild::spawn("etcd", command, dir.join("etcd.log"))
 }
 
