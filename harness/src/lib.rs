@@ -11,6 +11,8 @@
 //!   service's name, for the drills that discover them as the stack does.
 //! - [`load`]: a load client with bounded workers, requests and time, recording every
 //!   request's outcome and latency.
+//! - [`history`]: the record of a run's item operations (start, end, ok, failed or
+//!   unknown) and the checker that holds it to PostgreSQL's final rows.
 //! - [`patroni`]: a private PostgreSQL data tier (etcd, two nodes under Patroni, synchronous
 //!   replication) whose primary a drill can kill like a lost machine.
 //! - [`tls`]: a CA made at run time, and private PostgreSQL and Redis servers that speak
@@ -31,6 +33,7 @@ pub mod database;
 pub mod dns;
 pub mod engine;
 pub mod floor;
+pub mod history;
 pub mod load;
 pub mod patroni;
 pub mod pitr;

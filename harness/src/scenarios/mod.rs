@@ -8,6 +8,7 @@
 //! row shows how many there were).
 
 mod brownout;
+mod checked;
 mod crash;
 mod deadlocks;
 pub mod engine;
