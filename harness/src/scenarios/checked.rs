@@ -15,6 +15,21 @@ use crate::load::Workload;
 use crate::proxy::Mode;
 use crate::report::Row;
 
+/// The item as PostgreSQL has it.
+async fn stored(conn: &mut sqlx::PgConnection, item: &str) -> anyhow::Result<State> {
+    Ok(
+        sqlx::query("SELECT version::int8 AS version, title FROM items WHERE id = $1::uuid")
+            .bind(item)
+            .fetch_optional(conn)
+            .await?
+            .map(|row| State::Present {
+                version: row.get("version"),
+                title: row.get("title"),
+            })
+            .unwrap_or(State::Gone),
+    )
+}
+
 /// A write the deadline cut finishes in its own task, at most `statement_timeout` (the
 /// deadline plus 250 ms) after its 503: the history is checked once those are over.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -45,17 +60,7 @@ impl Drill {
         let mut conn = self.cluster.database.connect().await?;
         let mut finals = HashMap::new();
         for item in &items {
-            let row = sqlx::query(
-                "SELECT version::int8 AS version, title FROM items WHERE id = $1::uuid",
-            )
-            .bind(item)
-            .fetch_optional(&mut conn)
-            .await?
-            .map(|row| State::Present {
-                version: row.get("version"),
-                title: row.get("title"),
-            })
-            .unwrap_or(State::Gone);
+            let row = stored(&mut conn, item).await?;
             let cached = self.served(workload, item).await?;
             finals.insert(
                 item.to_string(),
@@ -70,6 +75,30 @@ impl Drill {
         self.cluster.redis_proxy.set_mode(Mode::Forward);
         uncached.context("read the items with Redis cut")?;
         Ok(finals)
+    }
+
+    /// Notes each of `workload`'s `items` the balancer serves otherwise than PostgreSQL
+    /// has it now, once the writes cut by the deadline have had time to finish.
+    pub(super) async fn check_served_as_stored(
+        &self,
+        workload: &Workload,
+        items: &[&str],
+        problems: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        tokio::time::sleep(SETTLE).await;
+        let mut conn = self.cluster.database.connect().await?;
+        for item in items {
+            let (row, served) = (
+                stored(&mut conn, item).await?,
+                self.served(workload, item).await?,
+            );
+            if row != served {
+                problems.push(format!(
+                    "{item}: the balancer serves {served}, PostgreSQL has {row}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn serve_all(

@@ -106,6 +106,11 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
     c.read_round(&targets, &mut mine, &mut ops).await;
     tokio::time::sleep_until((sent + HELD).into()).await;
     held_tx.commit().await?;
+    // Before the client's retries, whose 412 and 404 would repair a stale entry: the
+    // cache follows PostgreSQL whatever answer the cut writes got.
+    let ids: Vec<&str> = targets.iter().map(|(_, id)| id.as_str()).collect();
+    let mut stale = Vec::new();
+    d.check_served_as_stored(&user, &ids, &mut stale).await?;
 
     let mut unknown = 0;
     let mut upsert_titles = Vec::new();
@@ -160,11 +165,22 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
             targets.len()
         ));
     }
+    if !stale.is_empty() {
+        r.problems.push(format!(
+            "once the cut writes had finished, {} of {} items served otherwise than stored: {}",
+            stale.len(),
+            ids.len(),
+            stale.join("; ")
+        ));
+    }
     let applied = applied_once(d, &upserted, &upsert_titles, &mut r.problems).await?;
     r.notes = format!(
         "{unknown} writes held on row locks past the 5 s deadline (503, outcome unknown), \
          {RELEASED} of {CUT_EACH} of each kind released after the 503, the others held \
-         {HELD:?}; {applied} keyed upserts applied exactly once after their retries"
+         {HELD:?}; before the retries {} of {} items served as PostgreSQL has them; {applied} \
+         keyed upserts applied exactly once after their retries",
+        ids.len() - stale.len(),
+        ids.len()
     );
     d.check_writes(&outcomes, &mut r.problems).await?;
     d.check_history(&user, &ops, &mut r).await?;
