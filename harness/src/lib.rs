@@ -27,7 +27,8 @@
 //!      slow a dependency.
 //!    - [`database`]: a database of its own for each test, on the shared PostgreSQL.
 //!    - [`load`]: a load client with bounded workers, requests and time, recording every
-//!      request's outcome and latency; [`report`]: the drill's table.
+//!      request's outcome and latency; [`report`]: the drill's table; [`history`]: the
+//!      record of a run's item operations and the checker that holds it to PostgreSQL.
 //!    - [`process`]: child processes stopped by their PID, whatever happens.
 //!    - [`floor`]: the floor server the benchmarks' probe figures compare with.
 
@@ -39,6 +40,7 @@ pub mod database;
 pub mod dns;
 pub mod engine;
 pub mod floor;
+pub mod history;
 pub mod load;
 pub mod process;
 pub mod prometheus;

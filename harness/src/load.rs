@@ -8,11 +8,13 @@
 //! hidden by a retry still counts.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+
+use crate::history::{Action, Ending, Op, State};
 
 mod open;
 pub use open::{offer, Offer, Offered};
@@ -174,6 +176,26 @@ impl Workload {
 }
 
 impl Workload {
+    /// The item that read or update `n` acts on.
+    pub fn item(&self, n: usize) -> &str {
+        &self.item_ids[n % self.item_ids.len()]
+    }
+
+    /// Update `n`: an unconditional PATCH of [`Self::item`] `n` to `title`.
+    pub fn update(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        n: usize,
+        title: &str,
+    ) -> reqwest::RequestBuilder {
+        client
+            .patch(format!("{base}/api/items/{}", self.item(n)))
+            .json(&json!({ "title": title }))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(10))
+    }
+
     /// Request `n` of `kind` as the drill user, with the load client's 10 s timeout. A
     /// write carries `key` as its `Idempotency-Key` and in its title; a batch upserts
     /// what `batches` gives for worker `owner`.
@@ -252,6 +274,9 @@ pub struct LoadSpec {
     /// With `retry_writes`, how many times a write is sent at most, 200 ms apart: a few
     /// outlast a killed replica; a database failover needs its whole window.
     pub write_attempts: u32,
+    /// Record the history of the items read (see [`crate::history`]): every other write
+    /// then updates one of them, unconditionally, to a title of its own, without a key.
+    pub history: bool,
 }
 
 impl Default for LoadSpec {
@@ -266,6 +291,7 @@ impl Default for LoadSpec {
             sticky: false,
             retry_writes: false,
             write_attempts: 5,
+            history: false,
         }
     }
 }
@@ -310,6 +336,7 @@ pub struct LoadRun {
     /// Requests answered with a 2xx on their first attempt so far, to wait on progress.
     successes: Arc<AtomicUsize>,
     workers: usize,
+    history: Recorded,
     task: tokio::task::JoinHandle<anyhow::Result<Vec<Outcome>>>,
 }
 
@@ -337,6 +364,7 @@ impl LoadRun {
             limited: Arc::new(AtomicBool::new(false)),
             successes: Arc::new(AtomicUsize::new(0)),
             issued: Arc::new(AtomicUsize::new(0)),
+            history: Recorded::default(),
             started,
         };
         let (stop, limited, successes) = (
@@ -344,7 +372,7 @@ impl LoadRun {
             shared.limited.clone(),
             shared.successes.clone(),
         );
-        let workers = spec.workers;
+        let (workers, history) = (spec.workers, shared.history.clone());
         let task = tokio::spawn(run(clients, base, workload, spec, shared));
         Self {
             started,
@@ -352,8 +380,15 @@ impl LoadRun {
             limited,
             successes,
             workers,
+            history,
             task,
         }
+    }
+
+    /// The item operations the run records (none unless `LoadSpec::history`): take
+    /// them once it has stopped.
+    pub fn history(&self) -> Recorded {
+        self.history.clone()
     }
 
     /// How many workers send requests: at most this many are in flight.
@@ -384,6 +419,21 @@ impl LoadRun {
     }
 }
 
+/// The item operations of a run, shared by its workers.
+#[derive(Clone, Default)]
+pub struct Recorded(Arc<Mutex<Vec<Op>>>);
+
+impl Recorded {
+    pub fn push(&self, op: Op) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+    }
+
+    /// Every operation recorded so far, in the order they ended.
+    pub fn take(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// What the workers of one run share.
 #[derive(Clone)]
 struct Shared {
@@ -391,6 +441,8 @@ struct Shared {
     limited: Arc<AtomicBool>,
     successes: Arc<AtomicUsize>,
     issued: Arc<AtomicUsize>,
+    /// Item operations, when the spec records them.
+    history: Recorded,
     started: Instant,
 }
 
@@ -444,7 +496,7 @@ async fn run(
                     &workload,
                     kind,
                     n,
-                    shared.started,
+                    &shared,
                     &mut cookie,
                     &spec,
                 )
@@ -485,12 +537,18 @@ async fn one_request(
     workload: &Workload,
     kind: Kind,
     n: usize,
-    run_started: Instant,
+    shared: &Shared,
     cookie: &mut Option<String>,
     spec: &LoadSpec,
 ) -> Outcome {
+    let run_started = shared.started;
     let started = Instant::now();
-    let key = (kind == Kind::Write).then(|| uuid::Uuid::new_v4().to_string());
+    let recorded = spec.history && matches!(kind, Kind::Read | Kind::Write);
+    // An update carries no key: it is checked by the history, not by the keyed creates.
+    let update = (recorded && kind == Kind::Write && n % 2 == 1)
+        .then(|| format!("drill-update-{}", uuid::Uuid::new_v4().simple()));
+    let key = (kind == Kind::Write && update.is_none()).then(|| uuid::Uuid::new_v4().to_string());
+    let mut body: Option<Value>;
     // The key makes a write's retry safe; reads rely on the load balancer's own retry.
     let max_attempts = if kind == Kind::Write && spec.retry_writes {
         spec.write_attempts.max(1)
@@ -501,14 +559,17 @@ async fn one_request(
     let mut first: Option<Answer> = None;
     let last = loop {
         attempts += 1;
-        let mut request = workload.request(
-            client,
-            base,
-            kind,
-            n,
-            key.as_deref(),
-            (spec.batches, n % spec.workers),
-        );
+        let mut request = match &update {
+            Some(title) => workload.update(client, base, n, title),
+            None => workload.request(
+                client,
+                base,
+                kind,
+                n,
+                key.as_deref(),
+                (spec.batches, n % spec.workers),
+            ),
+        };
         if let (true, Some(c)) = (spec.sticky, cookie.as_ref()) {
             request = request.header("Cookie", c.clone());
         }
@@ -517,6 +578,12 @@ async fn one_request(
             remember_cookie(response, cookie);
         }
         let answer = Answer::of(&response);
+        body = match response {
+            Ok(response) if recorded && (kind == Kind::Read || update.is_some()) => {
+                response.json().await.ok()
+            }
+            _ => None,
+        };
         let again = answer.retryable() && attempts < max_attempts;
         first.get_or_insert_with(|| answer.clone());
         if !again {
@@ -524,7 +591,7 @@ async fn one_request(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    Outcome {
+    let outcome = Outcome {
         kind,
         started: started.duration_since(run_started),
         latency: started.elapsed(),
@@ -532,6 +599,32 @@ async fn one_request(
         last,
         attempts,
         idempotency_key: key,
+    };
+    let action = match update {
+        Some(title) => Action::Update { title },
+        None => Action::Read,
+    };
+    if recorded && (kind == Kind::Read || action != Action::Read) {
+        let op = item_op(workload.item(n), action, &outcome, body.as_ref());
+        shared.history.push(op);
+    }
+    outcome
+}
+
+/// The history's record of a read or update of `item` that gave `outcome` and `body`.
+pub(crate) fn item_op(item: &str, action: Action, outcome: &Outcome, body: Option<&Value>) -> Op {
+    let status = outcome.last.status;
+    let ending = match action {
+        Action::Read => Ending::of_read(status),
+        _ => Ending::of_write(status),
+    };
+    Op {
+        item: item.to_owned(),
+        action,
+        started: outcome.started,
+        ended: outcome.ended(),
+        ending,
+        seen: State::of_answer(status, body).filter(|_| ending == Ending::Ok),
     }
 }
 

@@ -36,7 +36,7 @@ HARNESS_LAYERS = [
     ["scenarios", "bench", "bin"],
     ["balancer", "prometheus", "alertmanager", "dns", "engine"],
     ["cluster"],
-    ["tier", "proxy", "database", "process", "load", "report", "floor"],
+    ["tier", "proxy", "database", "process", "load", "history", "report", "floor"],
 ]
 # The service speaks HTTP only in its HTTP layer and where it starts the server.
 HTTP_CRATES = re.compile(r"\b(axum|tower|tower_http|hyper|hyper_util)::")

@@ -29,6 +29,7 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
         // of 20 upserts needs more than 20 slowed round trips: past the deadline.
         mix: [4, 4, 0, 2],
         batches: Batches::Own { size: 20 },
+        history: true,
         ..LoadSpec::default()
     });
     d.until_successes(&load, AFTER_RECOVERY, Duration::from_secs(10))
@@ -54,7 +55,9 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
     d.until_successes(&load, AFTER_RECOVERY, Duration::from_secs(15))
         .await;
     let window = Window::of(&load, slowed, settled);
+    let history = load.history();
     let outcomes = load.stop().await?;
+    let history = history.take();
     let mut r = row("PostgreSQL brownout", d, &outcomes);
     r.recovery = Some(settled - restored);
     judge(
@@ -114,5 +117,6 @@ pub(super) async fn run(d: &Drill) -> anyhow::Result<Row> {
         fewest_routed.get()
     );
     d.check_writes(&outcomes, &mut r.problems).await?;
+    d.check_history(&d.workload, &history, &mut r).await?;
     Ok(r)
 }

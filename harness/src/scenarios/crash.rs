@@ -32,6 +32,7 @@ pub(super) async fn kill_under_load(
 ) -> anyhow::Result<(Row, Vec<Outcome>, Window)> {
     let load = d.load(LoadSpec {
         retry_writes: true,
+        history: true,
         ..LoadSpec::default()
     });
     d.until_successes(&load, PHASE, Duration::from_secs(10))
@@ -50,7 +51,9 @@ pub(super) async fn kill_under_load(
     let window = Window::of(&load, killed, Instant::now());
     d.until_successes(&load, PHASE, Duration::from_secs(10))
         .await;
+    let history = load.history();
     let outcomes = load.stop().await?;
+    let history = history.take();
     let recovery = d.restart_killed().await?;
     let mut r = row(name, d, &outcomes);
     r.detection = detection;
@@ -73,5 +76,6 @@ pub(super) async fn kill_under_load(
                recovery = restart until routed"
         .to_owned();
     d.check_writes(&outcomes, &mut r.problems).await?;
+    d.check_history(&d.workload, &history, &mut r).await?;
     Ok((r, outcomes, window))
 }

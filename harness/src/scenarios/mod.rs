@@ -8,7 +8,9 @@
 //! row shows how many there were).
 
 mod brownout;
+mod checked;
 mod crash;
+mod deadline;
 mod deadlocks;
 pub mod engine;
 mod failed_rollout;
@@ -53,7 +55,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 19] = [
+pub const SCENARIOS: [&str; 20] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -69,6 +71,7 @@ pub const SCENARIOS: [&str; 19] = [
     "deadlock-prone batches",
     "pool saturation",
     "PostgreSQL brownout",
+    "deadline-cut writes",
     "overload ramp",
     "login storm",
     "secret rotation",
@@ -141,6 +144,7 @@ impl Drill {
             "deadlock-prone batches" => deadlocks::run(self).await,
             "pool saturation" => saturation::run(self).await,
             "PostgreSQL brownout" => brownout::run(self).await,
+            "deadline-cut writes" => deadline::run(self).await,
             "overload ramp" => overload_ramp::run(self).await,
             "login storm" => login_storm::run(self).await,
             "secret rotation" => rotation::run(self).await,

@@ -21,6 +21,7 @@ pub(super) async fn postgres(d: &Drill) -> anyhow::Result<Row> {
     let before = d.cluster.identities(&d.client).await;
     let load = d.load(LoadSpec {
         mix: [5, 5, 0, 0],
+        history: true,
         ..LoadSpec::default()
     });
     d.until_successes(&load, AFTER_RECOVERY, Duration::from_secs(10))
@@ -44,7 +45,9 @@ pub(super) async fn postgres(d: &Drill) -> anyhow::Result<Row> {
     d.until_successes(&load, AFTER_RECOVERY, Duration::from_secs(15))
         .await;
     let window = Window::of(&load, cut, settled);
+    let history = load.history();
     let outcomes = load.stop().await?;
+    let history = history.take();
     let mut r = row("PostgreSQL outage 10 s", d, &outcomes);
     r.detection = detection;
     r.recovery = routed;
@@ -113,6 +116,7 @@ pub(super) async fn postgres(d: &Drill) -> anyhow::Result<Row> {
         after.len()
     );
     d.check_writes(&outcomes, &mut r.problems).await?;
+    d.check_history(&d.workload, &history, &mut r).await?;
     Ok(r)
 }
 

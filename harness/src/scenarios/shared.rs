@@ -476,7 +476,8 @@ pub fn check_write_counts(
     }
     let lost = outcomes
         .iter()
-        .filter(|o| o.kind == Kind::Write && o.ok())
+        // Keyed writes are creates; the unkeyed ones update read items (the history's).
+        .filter(|o| o.kind == Kind::Write && o.ok() && o.idempotency_key.is_some())
         .filter(|o| {
             !counts.contains_key(&format!(
                 "drill-{}",
