@@ -104,3 +104,47 @@ pub fn selected(variable: &str, scenario: &str) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(problems: &[&str]) -> Row {
+        Row {
+            scenario: "runner self-test".to_owned(),
+            balancer: "none",
+            requests: 0,
+            failed: 0,
+            retried: 0,
+            failed_after_retries: 0,
+            p50_ms: 0.0,
+            p95_ms: 0.0,
+            p99_ms: 0.0,
+            detection: None,
+            recovery: None,
+            budget: String::new(),
+            problems: problems.iter().map(|p| (*p).to_owned()).collect(),
+            notes: String::new(),
+        }
+    }
+
+    /// Runs `finish` on a fresh run; whether it panicked, and whether the folder stayed.
+    async fn verdict(rows: &[Row], problems: &[String]) -> (bool, bool) {
+        let run = DrillRun::begin("runner-self-test").await;
+        let dir = run.dir.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rows, problems) = (rows.to_vec(), problems.to_vec());
+        let finish = std::panic::AssertUnwindSafe(move || run.finish(&rows, &problems, ()));
+        let panicked = std::panic::catch_unwind(finish).is_err();
+        let kept = dir.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        (panicked, kept)
+    }
+
+    #[tokio::test]
+    async fn a_failed_row_or_problem_keeps_the_logs_and_fails_the_test() {
+        assert_eq!(verdict(&[row(&[])], &[]).await, (false, false));
+        assert_eq!(verdict(&[row(&["broke"])], &[]).await, (true, true));
+        assert_eq!(verdict(&[], &["no standby".to_owned()]).await, (true, true));
+    }
+}
