@@ -23,6 +23,7 @@ mod rotation;
 mod saturation;
 mod schema;
 mod shared;
+mod slow_clients;
 mod steady;
 mod sticky;
 mod two_down;
@@ -49,7 +50,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 19] = [
+pub const SCENARIOS: [&str; 20] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -67,6 +68,7 @@ pub const SCENARIOS: [&str; 19] = [
     "PostgreSQL brownout",
     "overload ramp",
     "login storm",
+    "slow clients",
     "secret rotation",
     "logout under load",
 ];
@@ -139,6 +141,7 @@ impl Drill {
             "PostgreSQL brownout" => brownout::run(self).await,
             "overload ramp" => overload_ramp::run(self).await,
             "login storm" => login_storm::run(self).await,
+            "slow clients" => slow_clients::run(self).await,
             "secret rotation" => rotation::run(self).await,
             "logout under load" => logout::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),
