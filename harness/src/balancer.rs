@@ -85,16 +85,45 @@ pub fn traefik_from_labels(cluster: &Cluster, drop: &[&str]) -> anyhow::Result<S
     Ok(String::from_utf8(output.stdout)?)
 }
 
-fn traefik_static(port: u16, metrics_port: u16, dynamic_dir: &Path, access_log: &Path) -> String {
+/// The shipped websecure entry point's `readTimeout`: how long a client may take to send a
+/// request's head and body, which Traefik buffers (infra/traefik/traefik.yml).
+fn shipped_traefik_read_timeout() -> anyhow::Result<String> {
+    let shipped = crate::repo_root().join("infra/traefik/traefik.yml");
+    let text =
+        std::fs::read_to_string(&shipped).with_context(|| format!("read {}", shipped.display()))?;
+    let values: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("readTimeout:"))
+        .map(str::trim)
+        .collect();
+    match values.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        _ => bail!(
+            "expected one readTimeout in {}, found {values:?}",
+            shipped.display()
+        ),
+    }
+}
+
+fn traefik_static(
+    port: u16,
+    metrics_port: u16,
+    dynamic_dir: &Path,
+    access_log: &Path,
+) -> anyhow::Result<String> {
+    let read_timeout = shipped_traefik_read_timeout()?;
     // The shipped static file terminates TLS on websecure; on loopback the same entry
     // point name serves plain HTTP, so the shipped router applies unchanged.
-    format!(
+    Ok(format!(
         r#"global:
   checkNewVersion: false
   sendAnonymousUsage: false
 entryPoints:
   websecure:
     address: "127.0.0.1:{port}"
+    transport:
+      respondingTimeouts:
+        readTimeout: {read_timeout}
   metrics:
     address: "127.0.0.1:{metrics_port}"
 providers:
@@ -119,7 +148,7 @@ accessLog:
 "#,
         dynamic = dynamic_dir.display(),
         access = access_log.display()
-    )
+    ))
 }
 
 /// The shipped HAProxy configuration's servers line.
@@ -259,7 +288,7 @@ impl Balancer {
                         metrics_port,
                         &dynamic_dir,
                         &dir.join("traefik-access.log"),
-                    ),
+                    )?,
                 )?;
                 let mut command = Command::new("traefik");
                 command.arg(format!("--configFile={}", static_file.display()));

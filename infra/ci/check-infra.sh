@@ -218,6 +218,17 @@ if "http-request deny deny_status 403 unless read_method traefik_endpoint" not i
     bad("infra/docker-socket-proxy/haproxy.cfg: the deny-unless-allowed rule is missing")
 if any("docker.sock" in v.get("source", "") for v in svcs["traefik"].get("volumes", [])):
     bad("traefik mounts the Docker socket itself")
+# X-Forwarded-For is believed from Traefik's own fixed address alone, never from a range
+# that holds anything else on the stack's networks (a client choosing its own identity).
+traefik_app = (svcs["traefik"]["networks"].get("app") or {}).get("ipv4_address")
+if not traefik_app or api["environment"].get("TRUSTED_PROXIES") != traefik_app:
+    bad(f"TRUSTED_PROXIES {api['environment'].get('TRUSTED_PROXIES')!r} is not traefik's "
+        f"fixed app address {traefik_app!r}")
+import ipaddress
+pools = [c.get("ip_range") for c in cfg["networks"]["app"].get("ipam", {}).get("config", [])]
+if not pools or not traefik_app or any(
+        not p or ipaddress.ip_address(traefik_app) in ipaddress.ip_network(p) for p in pools):
+    bad(f"the app network's dynamic range {pools} may hand traefik's {traefik_app} to a replica")
 # Every setting of the service (README's configuration table) that .env.example offers
 # reaches the replicas: a variable compose does not forward is silently ignored. Not
 # forwarded on purpose: compose builds DATABASE_URL from the PostgreSQL role, password

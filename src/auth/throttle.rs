@@ -27,8 +27,14 @@
 //!   account could match) is counted against its network alone ([`Subject::Malformed`]),
 //!   never as an entry per account it invents.
 //!
-//! The counts live in each replica's memory: behind a balancer that spreads one client
-//! over N replicas, the budget is N times [`FREE_FAILURES`].
+//! - **Cluster-wide through Redis.** The counts live in each replica's memory, and each
+//!   pair's failures are also counted in Redis (`cache::login_failures`, keyed by
+//!   [`shared_pair`]), which every replica asks before reserving and which decides while
+//!   it answers: a wait earned on one replica holds on the others and across a restart,
+//!   and a success on one clears the count everywhere. Each replica still keeps its own
+//!   count, and while Redis does not answer goes on with it alone (behind N replicas the
+//!   budget is then N times [`FREE_FAILURES`], as it was before): never an open door, and
+//!   never an owner locked out, since the keys stay per account *and* network.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,11 +46,11 @@ use tokio::sync::Notify;
 
 /// Wrong passwords answered (401) before a network must wait for an account.
 pub const FREE_FAILURES: u32 = 5;
-const FIRST_WAIT: Duration = Duration::from_secs(30);
-const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+pub const FIRST_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// A pair is forgotten this long after its last failure, or once its wait is over,
 /// whichever is later.
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// The most the table may take, its free buckets included.
 pub const MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -137,16 +143,32 @@ impl LoginThrottle {
     /// pending than failures are still free; or the wait before this network may try this
     /// account again.
     pub async fn reserve(&self, email: &str, client: IpAddr) -> Result<Attempt<'_>, Duration> {
+        self.reserve_knowing(email, client, None).await
+    }
+
+    /// As [`Self::reserve`]; with `shared`, the pair's failures counted by every replica,
+    /// which then decides alone: a success on another replica cleared it, and a wait it
+    /// earned there was checked by the caller. This replica's own count and wait are the
+    /// fallback for when Redis does not answer (`None`); its pending attempts still count.
+    pub async fn reserve_knowing(
+        &self,
+        email: &str,
+        client: IpAddr,
+        shared: Option<u32>,
+    ) -> Result<Attempt<'_>, Duration> {
         let key = (account(email), network(client));
         loop {
             let resolved = {
                 let mut records = self.records();
                 let now = Instant::now();
-                if let Some(wait) = blocked(records.get(&key), now) {
-                    return Err(wait);
+                if shared.is_none() {
+                    if let Some(wait) = blocked(records.get(&key), now) {
+                        return Err(wait);
+                    }
                 }
                 let record = entry(&mut records, key, now);
-                let allowed = FREE_FAILURES.saturating_sub(record.failures).max(1);
+                let failures = shared.unwrap_or(record.failures);
+                let allowed = FREE_FAILURES.saturating_sub(failures).max(1);
                 if record.pending < allowed {
                     record.pending += 1;
                     return Ok(Attempt {
@@ -249,11 +271,25 @@ fn entry(records: &mut HashMap<Key, Record>, key: Key, now: Instant) -> &mut Rec
     record
 }
 
+/// The pair's name in the shared count: the account's hash and the network, never the
+/// email itself, so a key has the same small size whatever was sent.
+pub fn shared_pair(normalized_email: &str, client: IpAddr) -> String {
+    let hex: String = account_hash(normalized_email)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{hex}:{}", network(client))
+}
+
 fn account(normalized_email: &str) -> Subject {
+    Subject::Account(account_hash(normalized_email))
+}
+
+fn account_hash(normalized_email: &str) -> [u8; 16] {
     let digest = Sha256::digest(normalized_email.as_bytes());
     let mut prefix = [0; 16];
     prefix.copy_from_slice(&digest[..16]);
-    Subject::Account(prefix)
+    prefix
 }
 
 /// An IPv4 address, or the /64 of an IPv6 one (an IPv4-mapped one is its IPv4 address).

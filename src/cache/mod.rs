@@ -8,11 +8,14 @@
 //! - [`stamped`]: cache-aside entries stamped with a cluster epoch and a per-user
 //!   generation, so one increment makes every cached read of a user stale at once, on every
 //!   replica.
+//! - [`login_failures`]: failed logins per account and client network, shared by the
+//!   replicas so that the login throttle's wait holds across them and across restarts.
 //! - [`trust`]: after a failed invalidation this replica stops reading the entries it could
 //!   have left stale until a background repair has applied it (see there why).
 
 pub mod items;
 mod link;
+pub mod login_failures;
 mod sentinel;
 pub mod stamped;
 pub mod trust;

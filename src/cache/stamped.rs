@@ -73,7 +73,7 @@ return 0
 /// so it is loaded once per process. A Redis that lost its script cache (a restart,
 /// `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call loads the script again and retries,
 /// within the same timeout.
-struct Script {
+pub(super) struct Script {
     text: &'static str,
     sha: OnceLock<String>,
 }
@@ -82,7 +82,7 @@ static LOOKUP: Script = Script::new(LOOKUP_SCRIPT);
 static INVALIDATE: Script = Script::new(INVALIDATE_SCRIPT);
 
 impl Script {
-    const fn new(text: &'static str) -> Self {
+    pub(super) const fn new(text: &'static str) -> Self {
         Self {
             text,
             sha: OnceLock::new(),
@@ -100,7 +100,11 @@ impl Script {
 
     /// Runs the script with `args` (the key count, the keys, then the arguments), loading it
     /// first when Redis does not have it.
-    async fn run<C, T>(&self, conn: &mut C, args: impl Fn(&mut redis::Cmd)) -> RedisResult<T>
+    pub(super) async fn run<C, T>(
+        &self,
+        conn: &mut C,
+        args: impl Fn(&mut redis::Cmd),
+    ) -> RedisResult<T>
     where
         C: ConnectionLike,
         T: redis::FromRedisValue,

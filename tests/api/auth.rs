@@ -464,7 +464,7 @@ async fn a_rotated_secret_verifies_old_tokens_and_cursors_until_it_is_dropped() 
 }
 
 /// A login sent through a proxy that says the client is `client`.
-async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Answer {
+pub(crate) async fn login_from(app: &TestApp, client: &str, email: &str, password: &str) -> Answer {
     crate::support::api_client::answer(
         app.client
             .post(app.url("/api/auth/login"))

@@ -28,6 +28,7 @@ mod probes;
 mod retention;
 mod search;
 mod sentinel;
+mod shared_throttle;
 mod slow_clients;
 mod tls;
 mod upserts;

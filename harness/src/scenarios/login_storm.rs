@@ -249,7 +249,7 @@ async fn waves(
 }
 
 /// A field of `/proc/<pid>/status` given in kB, such as `VmRSS` or `VmHWM`.
-fn status_kib(pid: i32, field: &str) -> anyhow::Result<u64> {
+pub(super) fn status_kib(pid: i32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

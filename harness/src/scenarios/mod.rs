@@ -29,6 +29,7 @@ mod saturation;
 pub mod scale;
 mod schema;
 mod shared;
+mod slow_clients;
 mod steady;
 mod sticky;
 mod two_down;
@@ -55,7 +56,7 @@ pub struct Drill {
 }
 
 /// The scenarios, in the order the drill runs them.
-pub const SCENARIOS: [&str; 20] = [
+pub const SCENARIOS: [&str; 21] = [
     "steady state",
     "rolling update x3",
     "crash (SIGKILL)",
@@ -74,6 +75,7 @@ pub const SCENARIOS: [&str; 20] = [
     "deadline-cut writes",
     "overload ramp",
     "login storm",
+    "slow clients",
     "secret rotation",
     "logout under load",
 ];
@@ -147,6 +149,7 @@ impl Drill {
             "deadline-cut writes" => deadline::run(self).await,
             "overload ramp" => overload_ramp::run(self).await,
             "login storm" => login_storm::run(self).await,
+            "slow clients" => slow_clients::run(self).await,
             "secret rotation" => rotation::run(self).await,
             "logout under load" => logout::run(self).await,
             other => Err(anyhow::anyhow!("unknown scenario {other}")),

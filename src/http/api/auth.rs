@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use super::idempotency::{run_once, Keyed, Outcome, Reply, Scope};
 use super::responses::{AuthErrors, BodyErrors, ServerErrors};
+use crate::auth::throttle;
+use crate::cache::login_failures;
 use crate::db::users;
 use crate::http::error::validated;
 use crate::http::extract::{AuthUser, ClientIp, VerifiedToken};
@@ -109,10 +111,16 @@ pub async fn login(
         return Err(wrong_password());
     }
     let email = credentials.normalized_email();
+    // What the other replicas saw of this pair; without Redis, this replica's count alone.
+    let pair = throttle::shared_pair(&email, client);
+    let shared = login_failures::check(&state.cache, &pair).await.ok();
+    if let Some(wait) = shared.map(|s| s.wait).filter(|w| !w.is_zero()) {
+        return Err(throttled(&state, wait));
+    }
     // Reserved before hashing, so concurrent guesses cannot all pass the check; an
     // unknown email counts too, so that both still look alike.
     let attempt = throttle
-        .reserve(&email, client)
+        .reserve_knowing(&email, client, shared.map(|s| s.failures))
         .await
         .map_err(|wait| throttled(&state, wait))?;
     let legacy = credentials.email_as_stored_before_nfc();
@@ -120,6 +128,9 @@ pub async fn login(
         Ok(Some(id)) => id,
         Ok(None) => {
             attempt.failed();
+            // A Redis failure is already counted and logged by the cache; the local
+            // count holds meanwhile.
+            let _ = login_failures::fail(&state.cache, &pair, SHARED_POLICY).await;
             return Err(wrong_password());
         }
         Err(e) => {
@@ -128,6 +139,7 @@ pub async fn login(
         }
     };
     attempt.succeeded();
+    let _ = login_failures::clear(&state.cache, &pair).await;
     let issued = state.tokens.issue(user_id).map_err(anyhow::Error::from)?;
     tracing::info!(user = %user_id, "token issued");
     Ok(axum::Json(TokenResponse {
@@ -156,6 +168,14 @@ async fn verified_user(
     let right = state.passwords.verify(password, user.password_hash).await?;
     Ok(right.then_some(user.id))
 }
+
+/// The shared count's waits: the per-replica throttle's own.
+const SHARED_POLICY: login_failures::Policy = login_failures::Policy {
+    free_failures: throttle::FREE_FAILURES,
+    first_wait: throttle::FIRST_WAIT,
+    max_wait: throttle::MAX_WAIT,
+    forget_after: throttle::FORGET_AFTER,
+};
 
 fn wrong_password() -> ApiError {
     ApiError::Unauthorized("wrong email or password".into())
