@@ -157,17 +157,22 @@ impl LoginThrottle {
         shared: Option<u32>,
     ) -> Result<Attempt<'_>, Duration> {
         let key = (account(email), network(client));
+        // This replica's count when `shared` was read: failures it sees while this attempt
+        // waits its turn are added to the shared count, which cannot have seen them.
+        let mut local_at_read: Option<u32> = None;
         loop {
             let resolved = {
                 let mut records = self.records();
                 let now = Instant::now();
-                if shared.is_none() {
+                let local = records.get(&key).map_or(0, |r| r.failures);
+                let since_read = local.saturating_sub(*local_at_read.get_or_insert(local));
+                if shared.is_none() || since_read > 0 {
                     if let Some(wait) = blocked(records.get(&key), now) {
                         return Err(wait);
                     }
                 }
                 let record = entry(&mut records, key, now);
-                let failures = shared.unwrap_or(record.failures);
+                let failures = shared.map_or(record.failures, |s| s + since_read);
                 let allowed = FREE_FAILURES.saturating_sub(failures).max(1);
                 if record.pending < allowed {
                     record.pending += 1;
