@@ -242,12 +242,24 @@ impl EngineDrill {
                 "the killed replica was not restarted and routed again within 60 s".to_owned(),
             );
         }
+        let in_flight = killed_replica_excuse(window);
+        // Restarted at once by its policy, the replica listens again before Traefik's Docker
+        // provider has seen its health go back to "starting": what it is sent then it
+        // answers 503 with Retry-After (not ready), which tells the client when to retry.
+        let restarting = |o: &Outcome| {
+            window.overlaps(o)
+                && o.first.instance.as_deref() == Some(hostname.as_str())
+                && o.first.status == Some(503)
+                && o.first.retry_after
+        };
         judge(
             &mut r,
             &outcomes,
             "writes in flight to the killed replica may get no answer or a 502-504; the \
-             client retries them with their key, and every retry must succeed. Reads: none",
-            killed_replica_excuse(window),
+             client retries them with their key, and every retry must succeed. Requests the \
+             restarted replica answers 503 with Retry-After (not ready yet) before Traefik \
+             sees its health reset. Nothing else",
+            |o| in_flight(o) || restarting(o),
         );
         self.check_writes(&outcomes, &mut r.problems).await?;
         r.notes = format!(
